@@ -1,0 +1,153 @@
+"""
+Commands that the C{volumecap} command sends to a master.
+
+Times go out as ISO 8601 strings and amounts as decimal strings, exactly as
+the operator typed them, so the master validates them against its own scale
+and default time zone.
+"""
+
+from twisted.protocols import amp
+
+from volumecap.errors import AMP_ERRORS, InvalidCapError, UnknownCapError
+
+_CAP_FIELDS = [
+    (b"id", amp.Unicode()),
+    (b"interval", amp.Unicode()),
+    (b"start", amp.Unicode()),
+    (b"end", amp.Unicode()),
+    (b"total", amp.Unicode()),
+    (b"first_total", amp.Unicode(optional=True)),
+    (b"timezone", amp.Unicode()),
+]
+
+_INVALID = {InvalidCapError: AMP_ERRORS[InvalidCapError]}
+_UNKNOWN = {UnknownCapError: AMP_ERRORS[UnknownCapError]}
+
+# Caps per ListCaps page; a page of definitions stays under AMP's 64 KiB
+# value limit with 200-character ids.
+LIST_PAGE = 100
+
+
+class SetCap(amp.Command):
+    """
+    Create or replace a cap definition.
+
+    C{outcome} is C{created}, C{updated} or C{unchanged}; the change is
+    durable before the response is sent.
+    """
+
+    arguments = [
+        (b"id", amp.Unicode()),
+        (b"interval", amp.Unicode()),
+        (b"start", amp.Unicode()),
+        (b"end", amp.Unicode()),
+        (b"total", amp.Unicode()),
+        (b"first_total", amp.Unicode(optional=True)),
+        (b"timezone", amp.Unicode(optional=True)),
+    ]
+    response = [(b"outcome", amp.Unicode())]
+    errors = _INVALID
+
+
+class CheckCap(amp.Command):
+    """
+    Validate a cap definition and say what L{SetCap} would do, changing nothing.
+    """
+
+    arguments = SetCap.arguments
+    response = [(b"outcome", amp.Unicode())]
+    errors = _INVALID
+
+
+class DeleteCap(amp.Command):
+    """
+    Delete a cap and all of its intervals; servers drop them.
+    """
+
+    arguments = [(b"id", amp.Unicode())]
+    response: list = []
+    errors = _UNKNOWN
+
+
+class ListCaps(amp.Command):
+    """
+    Return up to L{LIST_PAGE} cap definitions whose ids sort after C{after}.
+    """
+
+    arguments = [(b"after", amp.Unicode())]
+    response = [(b"caps", amp.AmpList(_CAP_FIELDS)), (b"more", amp.Boolean())]
+
+
+_SERVER_FIELDS = [
+    (b"name", amp.Unicode()),
+    (b"available", amp.Unicode()),
+    (b"consumed", amp.Unicode()),
+]
+
+_INTERVAL_FIELDS = [
+    (b"dc", amp.Unicode()),
+    (b"start", amp.Unicode()),
+    (b"end", amp.Unicode()),
+    (b"total", amp.Unicode()),
+    (b"available", amp.Unicode()),
+    (b"consumed", amp.Unicode()),
+    (b"state", amp.Unicode()),
+    (b"servers", amp.AmpList(_SERVER_FIELDS)),
+]
+
+
+class ShowCap(amp.Command):
+    """
+    Return a cap's definition and the intervals the master keeps, with what
+    each server holds and has consumed.
+    """
+
+    arguments = [(b"id", amp.Unicode())]
+    response = _CAP_FIELDS + [(b"intervals", amp.AmpList(_INTERVAL_FIELDS))]
+    errors = _UNKNOWN
+
+
+class PlanCap(amp.Command):
+    """
+    Return the intervals a cap will have that start before C{until}.
+    """
+
+    arguments = [(b"id", amp.Unicode()), (b"until", amp.Unicode())]
+    response = [
+        (
+            b"intervals",
+            amp.AmpList([(b"start", amp.Unicode()), (b"end", amp.Unicode()), (b"total", amp.Unicode())]),
+        ),
+        (b"truncated", amp.Boolean()),
+    ]
+    errors = {**_UNKNOWN, **_INVALID}
+
+
+class Status(amp.Command):
+    """
+    Return the master's role, data center, figures and joined servers.
+    """
+
+    arguments: list = []
+    response = [
+        (b"dc", amp.Unicode()),
+        (b"role", amp.Unicode()),
+        (b"version", amp.Unicode()),
+        (b"started", amp.Unicode()),
+        (b"scale", amp.Integer()),
+        (b"timezone", amp.Unicode()),
+        (b"caps", amp.Integer()),
+        (b"intervals", amp.Integer()),
+        (b"journal", amp.Integer()),
+        (
+            b"servers",
+            amp.AmpList(
+                [
+                    (b"name", amp.Unicode()),
+                    (b"peer", amp.Unicode()),
+                    (b"joined", amp.Unicode()),
+                    (b"holdings", amp.Integer()),
+                ]
+            ),
+        ),
+    ]
