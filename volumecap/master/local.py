@@ -32,7 +32,7 @@ from volumecap.wire import mastercommands, servercommands
 
 DEFAULT_TOPUP_PERCENT = 10
 DEFAULT_THRESHOLD_PERCENT = 10
-DEFAULT_RECALL_TIMEOUT = 0.5
+DEFAULT_RECALL_TIMEOUT = 0.2
 
 
 @dataclass
@@ -90,19 +90,13 @@ class LocalHandler(Service):
     def join(self, name: str, fresh: bool, protocol: amp.AMP, peer: str) -> "Deferred[None]":
         """
         Register server C{name} on C{protocol}, replacing an earlier
-        connection of the same name, and write off what a fresh process
+        connection of the same name, after writing off what a fresh process
         cannot hold any more.
+
+        The server is registered only once the write-offs are durable, just
+        before the join is answered, so it receives no broadcast before its
+        join response.
         """
-        previous = self.servers.get(name)
-        if previous is not None and previous.protocol is not protocol:
-            self.log.warn(
-                "Server {server} joined again from {peer}; dropping its connection from {old}",
-                server=name,
-                peer=peer,
-                old=previous.peer,
-            )
-            previous.protocol.transport.loseConnection()
-        self.servers[name] = JoinedServer(name, protocol, peer, self.clock.seconds())
         records: list[Record] = []
         if fresh:
             for interval in self.ledger.state.intervals.values():
@@ -126,8 +120,20 @@ class LocalHandler(Service):
                 start=record["start"],
                 server=name,
             )
+        return self.ledger.commit(records).addCallback(lambda _: self._register(name, fresh, protocol, peer))
+
+    def _register(self, name: str, fresh: bool, protocol: amp.AMP, peer: str) -> None:
+        previous = self.servers.get(name)
+        if previous is not None and previous.protocol is not protocol:
+            self.log.warn(
+                "Server {server} joined again from {peer}; dropping its connection from {old}",
+                server=name,
+                peer=peer,
+                old=previous.peer,
+            )
+            previous.protocol.transport.loseConnection()
+        self.servers[name] = JoinedServer(name, protocol, peer, self.clock.seconds())
         self.log.info("Server {server} joined from {peer} (fresh: {fresh})", server=name, peer=peer, fresh=fresh)
-        return self.ledger.commit(records)
 
     def disconnected(self, name: str, protocol: amp.AMP) -> None:
         """

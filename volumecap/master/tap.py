@@ -18,7 +18,7 @@ from volumecap.intervals import zone
 from volumecap.master.admin import AdminLocator
 from volumecap.master.interval import DEFAULT_RETENTION, IntervalHandler
 from volumecap.master.ledger import Ledger, LedgerService
-from volumecap.master.local import LocalHandler
+from volumecap.master.local import DEFAULT_RECALL_TIMEOUT, LocalHandler
 from volumecap.master.meta import MetaHandler
 from volumecap.master.protocol import MasterFactory
 from volumecap.store import DATABASE_NAME, Journal, StoreMismatchError
@@ -47,7 +47,7 @@ SETTINGS = [
     Setting("scale", 2, _scale, "Decimal places of amounts; fixed once the data directory exists."),
     Setting("topup_percent", 10, percent, "A top-up is this per cent of an interval's share."),
     Setting("threshold_percent", 10, percent, "Servers top up when a holding falls to this per cent of a top-up."),
-    Setting("recall_timeout", 0.5, _seconds, "Seconds a top-up waits for amounts recalled from other servers."),
+    Setting("recall_timeout", DEFAULT_RECALL_TIMEOUT, _seconds, "Seconds a top-up waits for amounts recalled from other servers."),
     Setting("retention", float(DEFAULT_RETENTION), _seconds, "Seconds expired intervals stay queryable."),
 ]
 

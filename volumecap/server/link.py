@@ -1,0 +1,132 @@
+"""
+A volumecap server's connection to its master.
+
+L{MasterLink} keeps one AMP connection open through Twisted's
+L{ClientService}, which reconnects with jittered exponential backoff and
+never gives up.  A new connection is handed out only after the server has
+joined and fetched every live interval, so a connection in use is always a
+synchronised one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from volumecap.errors import UnavailableError
+from volumecap.wire import servercommands
+
+
+class LinkListener(Protocol):
+    """
+    What the link tells the server about.
+    """
+
+    def syncing(self, dc: str, scale: int) -> None:
+        """
+        Note that the master accepted a join: intervals known now and missing
+        from the list that follows were deleted while the server was away.
+        """
+
+    def joined(self, intervals: list[dict[str, Any]]) -> "Deferred[Any] | None":
+        """
+        Take the full interval list of a newly joined master connection.
+        """
+
+    def link_lost(self) -> None:
+        """
+        Note that the synchronised connection is gone.
+        """
+
+
+class MasterProtocol(amp.AMP):
+    """
+    The server's end of the master connection; responders live on the
+    locator the server supplies.
+    """
+
+    def __init__(self, locator: amp.CommandLocator, lost: Callable[["MasterProtocol"], None]) -> None:
+        super().__init__(locator=locator)
+        self._lost = lost
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._lost(self)
+
+
+class MasterLink(ClientService):
+    """
+    The synchronised connection to the master.
+
+    @ivar protocol: the joined connection, or L{None} while there is none.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        name: str,
+        locator: amp.CommandLocator,
+        listener: LinkListener,
+        clock: IReactorTime,
+    ) -> None:
+        self.server_name = name
+        self.listener = listener
+        self.protocol: amp.AMP | None = None
+        self._fresh = True
+        factory = Factory.forProtocol(lambda: MasterProtocol(locator, self._connection_lost))
+        super().__init__(
+            endpoint,
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0),
+            clock=clock,
+            prepareConnection=self._join,
+        )
+        self.setName("master-link")
+
+    @inlineCallbacks
+    def _join(self, protocol: amp.AMP) -> Any:
+        joined = yield protocol.callRemote(servercommands.Join, server=self.server_name, fresh=self._fresh)
+        self.listener.syncing(joined["dc"], joined["scale"])
+        intervals: list[dict[str, Any]] = []
+        after_cap, after_start, more = "", -1, True
+        while more:
+            page = yield protocol.callRemote(servercommands.Intervals, after_cap=after_cap, after_start=after_start)
+            intervals.extend(page["intervals"])
+            more = page["more"]
+            if intervals:
+                after_cap, after_start = intervals[-1]["cap"], intervals[-1]["start"]
+        self._fresh = False
+        self.protocol = protocol
+        self.log.info(
+            "Joined master of {dc} as {server}: {count} intervals",
+            dc=joined["dc"],
+            server=self.server_name,
+            count=len(intervals),
+        )
+        yield self.listener.joined(intervals)
+
+    def _connection_lost(self, protocol: MasterProtocol) -> None:
+        if protocol is self.protocol:
+            self.protocol = None
+            self.log.warn("Lost the connection to the master; reconnecting")
+            self.listener.link_lost()
+
+    def call(self, command: type[amp.Command], **arguments: Any) -> "Deferred[dict[str, Any]]":
+        """
+        Send C{command} on the joined connection.
+
+        @raise UnavailableError: there is no joined connection.
+        """
+        if self.protocol is None:
+            raise UnavailableError("not connected to a master")
+        result: Deferred[dict[str, Any]] = self.protocol.callRemote(command, **arguments)
+        return result
