@@ -134,6 +134,21 @@ class LocalHandler(Service):
             previous.protocol.transport.loseConnection()
         self.servers[name] = JoinedServer(name, protocol, peer, self.clock.seconds())
         self.log.info("Server {server} joined from {peer} (fresh: {fresh})", server=name, peer=peer, fresh=fresh)
+        # Recall after the join response is on its way, so the server knows
+        # the scale when the recall arrives.
+        self.clock.callLater(0, self._recall_over_share, name)
+
+    def _recall_over_share(self, name: str) -> None:
+        """
+        Recall from server C{name} what it holds of intervals that are over
+        their share, because it was away when their total was lowered.
+        """
+        if name not in self.servers:
+            return
+        for interval in self.ledger.state.live_intervals():
+            holding = interval.holdings.get(name)
+            if interval.available < 0 and holding is not None and holding.available > 0:
+                self._recall_from(name, interval, min(-interval.available, holding.available))
 
     def disconnected(self, name: str, protocol: amp.AMP) -> None:
         """
@@ -212,8 +227,7 @@ class LocalHandler(Service):
     ) -> "Deferred[dict[str, Decimal]]":
         interval = self._live(cap_id, start)
         if request in interval.requests:
-            granted = interval.requests[request]
-            return self.ledger.synced().addCallback(lambda _: self._granted(interval, granted))
+            return self._grant_again(server, request, interval)
         granted = min(units, max(0, interval.available))
         if granted == 0:
             return succeed(self._granted(interval, 0))
@@ -235,6 +249,36 @@ class LocalHandler(Service):
             request=request,
         )
         return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted))
+
+    def _grant_again(self, server: str, request: str, interval: Interval) -> "Deferred[dict[str, Decimal]]":
+        """
+        Answer a repeated top-up request with the first grant.
+
+        The server never received that grant, so while the interval is over
+        its share (after a lowered total) the master revokes as much of it
+        as the excess instead of handing it out late.
+        """
+        granted = interval.requests[request]
+        revoked = min(granted, max(0, -interval.available))
+        if revoked == 0:
+            return self.ledger.synced().addCallback(lambda _: self._granted(interval, granted))
+        record = {
+            "type": "revoke",
+            "cap": interval.cap_id,
+            "start": interval.start,
+            "server": server,
+            "request": request,
+            "amount": revoked,
+        }
+        self.log.info(
+            "Revoking {amount} units of undelivered grant {request} of {cap}/{start} to {server}",
+            amount=revoked,
+            request=request,
+            cap=interval.cap_id,
+            start=interval.start,
+            server=server,
+        )
+        return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted - revoked))
 
     def _granted(self, interval: Interval, granted: int) -> dict[str, Decimal]:
         return {
@@ -299,9 +343,12 @@ class LocalHandler(Service):
 
         With C{share}, a server is asked for at most half of what it holds
         (rounded up), so a busy server keeps serving while an idle one gives
-        back.  Returns L{None} when nobody holds anything to recall, else a
-        Deferred that fires once the returns are applied or
-        C{recall_timeout} has passed.
+        back.  Without it, every holder is asked for up to C{wanted}: the
+        master's figures lag behind consumption, so asking only the largest
+        holders could leave the excess with a server that was not asked, and
+        returning more than needed is harmless.  Returns L{None} when nobody
+        holds anything to recall, else a Deferred that fires once the returns
+        are applied or C{recall_timeout} has passed.
         """
         holders = sorted(
             (
@@ -312,11 +359,15 @@ class LocalHandler(Service):
             reverse=True,
         )
         calls = []
+        remaining = wanted
         for available, name in holders:
-            if wanted <= 0:
+            if remaining <= 0:
                 break
-            asked = min(wanted, -(-available // 2) if share else available)
-            wanted -= asked
+            if share:
+                asked = min(remaining, -(-available // 2))
+                remaining -= asked
+            else:
+                asked = min(wanted, available)
             calls.append(self._recall_from(name, interval, asked))
         if not calls:
             return None

@@ -14,6 +14,9 @@ Record types:
  - C{interval.delete} and C{interval.expire} C{{cap, start}}, C{interval.purge}.
  - C{grant} and C{return} C{{cap, start, server, request, amount, at}}: a
    slice moving from the master to a server and back.
+ - C{revoke} C{{cap, start, server, request, amount}}: part of a grant taken
+   back before the server received it.  The server asked again under the
+   same request id, which proves it never saw the first answer.
  - C{writeoff} C{{cap, start, server, amount}}: the unconsumed holding of a
    server that came back without it.  It is never served again.
 
@@ -164,6 +167,12 @@ class MasterState:
         interval.available += record["amount"]
         interval.holding(record["server"]).granted -= record["amount"]
         interval.requests[record["request"]] = record["amount"]
+
+    def _apply_revoke(self, record: Record) -> None:
+        interval = self.intervals[(record["cap"], record["start"])]
+        interval.available += record["amount"]
+        interval.holding(record["server"]).granted -= record["amount"]
+        interval.requests[record["request"]] -= record["amount"]
 
     def _apply_writeoff(self, record: Record) -> None:
         interval = self.intervals[(record["cap"], record["start"])]

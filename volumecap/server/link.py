@@ -52,9 +52,19 @@ class MasterProtocol(amp.AMP):
     locator the server supplies.
     """
 
-    def __init__(self, locator: amp.CommandLocator, lost: Callable[["MasterProtocol"], None]) -> None:
-        super().__init__(locator=locator)
+    def __init__(
+        self,
+        locator: Callable[["MasterProtocol"], amp.CommandLocator],
+        made: Callable[["MasterProtocol"], None],
+        lost: Callable[["MasterProtocol"], None],
+    ) -> None:
+        super().__init__(locator=locator(self))
+        self._made = made
         self._lost = lost
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._made(self)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -74,26 +84,34 @@ class MasterLink(ClientService):
         self,
         endpoint: IStreamClientEndpoint,
         name: str,
-        locator: amp.CommandLocator,
+        locator: Callable[["MasterProtocol"], amp.CommandLocator],
         listener: LinkListener,
         clock: IReactorTime,
+        retry_policy: Callable[[int], float] | None = None,
     ) -> None:
         self.server_name = name
         self.listener = listener
         self.protocol: amp.AMP | None = None
+        self._connecting: MasterProtocol | None = None
         self._fresh = True
-        factory = Factory.forProtocol(lambda: MasterProtocol(locator, self._connection_lost))
+        factory = Factory.forProtocol(lambda: MasterProtocol(locator, self._connection_made, self._connection_lost))
         super().__init__(
             endpoint,
             factory,
-            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=5.0),
+            retryPolicy=retry_policy or backoffPolicy(initialDelay=0.2, maxDelay=5.0),
             clock=clock,
             prepareConnection=self._join,
         )
         self.setName("master-link")
 
+    def _connection_made(self, protocol: MasterProtocol) -> None:
+        self._connecting = protocol
+
     @inlineCallbacks
     def _join(self, protocol: amp.AMP) -> Any:
+        # ClientService passes a proxy of the protocol; the connection-lost
+        # notice names the protocol itself, so keep that one.
+        raw = self._connecting
         joined = yield protocol.callRemote(servercommands.Join, server=self.server_name, fresh=self._fresh)
         self.listener.syncing(joined["dc"], joined["scale"])
         intervals: list[dict[str, Any]] = []
@@ -105,7 +123,7 @@ class MasterLink(ClientService):
             if intervals:
                 after_cap, after_start = intervals[-1]["cap"], intervals[-1]["start"]
         self._fresh = False
-        self.protocol = protocol
+        self.protocol = raw
         self.log.info(
             "Joined master of {dc} as {server}: {count} intervals",
             dc=joined["dc"],
@@ -119,6 +137,13 @@ class MasterLink(ClientService):
             self.protocol = None
             self.log.warn("Lost the connection to the master; reconnecting")
             self.listener.link_lost()
+
+    def is_current(self, protocol: amp.AMP) -> bool:
+        """
+        Return whether C{protocol} is the joined connection or the one
+        joining now.
+        """
+        return protocol is self.protocol or protocol is self._connecting
 
     def call(self, command: type[amp.Command], **arguments: Any) -> "Deferred[dict[str, Any]]":
         """

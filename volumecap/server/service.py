@@ -13,13 +13,13 @@ from __future__ import annotations
 import itertools
 import uuid
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -76,6 +76,8 @@ class VolumecapServer(MultiService):
         next interval is fetched, for caps consumed in the current one.
     @param capped_backoff: seconds to answer capped without asking the
         master again after it granted nothing.
+    @param retry_policy: seconds before reconnection attempt N to the
+        master; the default backs off exponentially with jitter.
     """
 
     log = Logger()
@@ -89,6 +91,7 @@ class VolumecapServer(MultiService):
         report_interval: float = DEFAULT_REPORT_INTERVAL,
         prefetch: float = DEFAULT_PREFETCH,
         capped_backoff: float = DEFAULT_CAPPED_BACKOFF,
+        retry_policy: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
         self.setName("server")
@@ -111,7 +114,9 @@ class VolumecapServer(MultiService):
         self._instance = uuid.uuid4().hex[:12]
         self._reports = LoopingCall(self.tick)
         self._reports.clock = clock
-        self.link = MasterLink(master, name, MasterCommands(self), self, clock)
+        self.link = MasterLink(
+            master, name, lambda protocol: MasterCommands(self, protocol), self, clock, retry_policy
+        )
         self.link.setServiceParent(self)
 
     def startService(self) -> None:
@@ -123,14 +128,38 @@ class VolumecapServer(MultiService):
         """
         Return every holding to the master, report the final figures, then
         close the master connection.
+
+        A server that is not connected waits up to L{STOP_TIMEOUT} seconds
+        for the master; what it cannot return then is lost to this interval,
+        never served twice.
         """
         if self._reports.running:
             self._reports.stop()
+        if self.link.protocol is None and self.synced:
+            waiting = self.link.whenConnected()
+            waiting.addTimeout(STOP_TIMEOUT, self.clock)
+            yield waiting.addErrback(lambda failure: None)
+            # Leave ClientService's callback first: stopping it from inside
+            # its own notification is a reentrant transition it rejects.
+            yield deferLater(self.clock, 0, lambda: None)
+        if self.link.protocol is not None and self._pending:
+            # A grant answered after the returns would stay with this server.
+            granting = DeferredList([pending.wait() for pending in self._pending.values()])
+            granting.addTimeout(STOP_TIMEOUT, self.clock, onTimeoutCancel=lambda result, timeout: None)
+            yield granting
         if self.link.protocol is not None:
-            returning = DeferredList(list(self.return_all()), consumeErrors=True)
+            returns = list(self.return_all()) + [self._send_return(request) for request in list(self._returns)]
+            returning = DeferredList(returns, consumeErrors=True)
             returning.addTimeout(STOP_TIMEOUT, self.clock, onTimeoutCancel=lambda result, timeout: None)
             yield returning
             yield self.report().addErrback(self._log_failure, "Final report")
+        unreturned = sum(held.available for held in self.holdings) + sum(units for _, _, units in self._returns.values())
+        if unreturned:
+            self.log.warn(
+                "Stopping with {amount} units not returned to the master; they stay "
+                "unserved until their intervals end",
+                amount=unreturned,
+            )
         yield super().stopService()
 
     def _next_request(self) -> str:
@@ -228,7 +257,9 @@ class VolumecapServer(MultiService):
         granted = decimal_to_units(result["granted"], self.scale)
         if self.holdings.get(held.cap_id, held.start) is held:
             held.available += granted
-            exhausted = result["available"] == 0 and granted < pending.units
+            # Only an empty grant means capped: a partial grant means the
+            # master may find more by recalling from other servers next time.
+            exhausted = granted == 0 and result["available"] == 0
             held.exhausted_until = self.clock.seconds() + self.capped_backoff if exhausted else 0.0
         self.log.debug(
             "Top-up {request} of {cap}/{start}: granted {granted} units",
@@ -462,30 +493,47 @@ class VolumecapServer(MultiService):
 
 class MasterCommands(amp.CommandLocator):
     """
-    Responders for the commands the master sends to this server.
+    Responders for the commands the master sends on one connection.
+
+    Commands that arrive on a connection other than the current one, such
+    as the tail of a connection that was cut while joining, change nothing:
+    the next join lists every interval anyway.
     """
 
-    def __init__(self, server: VolumecapServer) -> None:
+    log = Logger()
+
+    def __init__(self, server: VolumecapServer, protocol: amp.AMP) -> None:
         self.server = server
+        self.protocol = protocol
+
+    def _current(self, command: str) -> bool:
+        if self.server.link.is_current(self.protocol) and self.server.scale is not None:
+            return True
+        self.log.info("Ignoring {command} from a stale master connection", command=command)
+        return False
 
     @mastercommands.IntervalsCreated.responder
     def created(self, intervals: list[dict[str, Any]]) -> dict[str, Any]:
-        self.server.upsert(intervals)
+        if self._current("IntervalsCreated"):
+            self.server.upsert(intervals)
         return {}
 
     @mastercommands.IntervalsUpdated.responder
     def updated(self, intervals: list[dict[str, Any]]) -> dict[str, Any]:
-        self.server.upsert(intervals)
+        if self._current("IntervalsUpdated"):
+            self.server.upsert(intervals)
         return {}
 
     @mastercommands.IntervalsDeleted.responder
     def deleted(self, intervals: list[dict[str, Any]]) -> dict[str, Any]:
-        self.server.delete(intervals)
+        if self._current("IntervalsDeleted"):
+            self.server.delete(intervals)
         return {}
 
     @mastercommands.Recall.responder
-    def recall(self, request: str, cap: str, start: int, amount: Decimal) -> "Deferred[dict[str, Decimal]]":
+    def recall(self, request: str, cap: str, start: int, amount: Decimal) -> "Deferred[dict[str, Decimal]] | dict[str, Decimal]":
         scale = self.server.scale
-        assert scale is not None
+        if scale is None or not self._current("Recall"):
+            return {"returned": Decimal(0)}
         given = self.server.recall(request, cap, start, decimal_to_units(amount, scale))
         return given.addCallback(lambda units: {"returned": units_to_decimal(units, scale)})
