@@ -17,6 +17,8 @@ from volumecap.amounts import MAX_AMOUNT, format_units, parse_units
 from volumecap.errors import InvalidAmountError, InvalidCapError
 
 INTERVAL_KINDS = ("single", "day", "week", "month")
+# Cap ids are at most this many bytes in UTF-8, which keeps pages of caps
+# and intervals within AMP's 65,535-byte limit on one value.
 MAX_CAP_ID_LENGTH = 200
 
 
@@ -223,10 +225,10 @@ def build_cap(
     cap_id = str(fields.get("id") or "").strip()
     if not cap_id:
         problems.append("missing field 'id'")
-    elif len(cap_id) > MAX_CAP_ID_LENGTH or not cap_id.isprintable():
+    elif len(cap_id.encode("utf-8")) > MAX_CAP_ID_LENGTH or not cap_id.isprintable():
         problems.append(
             f"invalid id {cap_id[:40]!r}: use printable characters, at most "
-            f"{MAX_CAP_ID_LENGTH}"
+            f"{MAX_CAP_ID_LENGTH} bytes in UTF-8"
         )
 
     kind = str(fields.get("interval") or "")

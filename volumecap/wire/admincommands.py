@@ -20,11 +20,11 @@ _CAP_FIELDS = [
     (b"timezone", amp.Unicode()),
 ]
 
-_INVALID = {InvalidCapError: AMP_ERRORS[InvalidCapError]}
-_UNKNOWN = {UnknownCapError: AMP_ERRORS[UnknownCapError]}
+_INVALID: dict[type[Exception], bytes] = {InvalidCapError: AMP_ERRORS[InvalidCapError]}
+_UNKNOWN: dict[type[Exception], bytes] = {UnknownCapError: AMP_ERRORS[UnknownCapError]}
 
-# Caps per ListCaps page; a page of definitions stays under AMP's 64 KiB
-# value limit with 200-character ids.
+# Caps per ListCaps page: 100 definitions with 200-byte ids stay under AMP's
+# 65,535-byte limit on one value.
 LIST_PAGE = 100
 
 
@@ -100,6 +100,10 @@ class ShowCap(amp.Command):
     """
     Return a cap's definition and the intervals the master keeps, with what
     each server holds and has consumed.
+
+    NOTE: the intervals go in one AMP value, which holds about 800 server
+    entries; a cap served by more servers over its retained intervals fails
+    to encode until this command is paged.
     """
 
     arguments = [(b"id", amp.Unicode())]
