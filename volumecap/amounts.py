@@ -18,10 +18,9 @@ from volumecap.errors import InvalidAmountError
 DEFAULT_SCALE = 2
 MAX_SCALE = 9
 
-# The largest amount accepted anywhere, in whole units.  Larger values are
-# typing errors, and keeping totals below it keeps unit counts within 64 bits
-# for every scale up to MAX_SCALE.
-MAX_AMOUNT = 10**9
+# The largest amount accepted anywhere, in whole units: a trillion, far
+# beyond any real interval total, so larger values are typing errors.
+MAX_AMOUNT = 10**12
 
 _PLAIN_DECIMAL = re.compile(r"([0-9]{1,40})(?:\.([0-9]{1,40}))?")
 

@@ -27,13 +27,14 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionClosed
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -104,6 +105,20 @@ def _batches(pairs: Iterable[tuple[str, AmountLike]]) -> list[list[dict[str, str
     return [items[offset : offset + MAX_BATCH] for offset in range(0, len(items), MAX_BATCH)]
 
 
+def _call_remote(
+    protocol: IProtocol, command: type[amp.Command], arguments: dict[str, Any]
+) -> Deferred[dict[str, Any]]:
+    # Every connection is a _TrackingProtocol, built by the factory in
+    # VolumecapClient.__init__, but whenConnected() is typed as IProtocol.
+    response: Deferred[dict[str, Any]] = cast(amp.AMP, protocol).callRemote(command, **arguments)
+    return response
+
+
+def _first_failure(failure: Failure) -> Failure:
+    # gatherResults(consumeErrors=True) wraps the first failed call in FirstError.
+    return cast(FirstError, failure.value).subFailure
+
+
 class _TrackingProtocol(amp.AMP):
     def __init__(self, client: "VolumecapClient") -> None:
         super().__init__()
@@ -113,7 +128,7 @@ class _TrackingProtocol(amp.AMP):
         super().connectionMade()
         self._client._connected.append(self)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self in self._client._connected:
             self._client._connected.remove(self)
@@ -157,11 +172,11 @@ class VolumecapClient:
         connected = self._connected
         if connected:
             protocol = connected[next(self._turn) % len(connected)]
-            return protocol.callRemote(command, **arguments).addErrback(self._lost)
+            return _call_remote(protocol, command, arguments).addErrback(self._lost)
         waiting = self._services[0].whenConnected()
         waiting.addTimeout(self._connect_timeout, self._reactor)
         waiting.addErrback(self._not_connected)
-        return waiting.addCallback(lambda protocol: protocol.callRemote(command, **arguments)).addErrback(self._lost)
+        return waiting.addCallback(_call_remote, command, arguments).addErrback(self._lost)
 
     @staticmethod
     def _not_connected(failure: Failure) -> Failure:
@@ -206,7 +221,7 @@ class VolumecapClient:
             return fail()
         calls = [self._call(ConsumeMany, items=batch).addCallback(_results) for batch in batches]
         gathered = gatherResults(calls, consumeErrors=True)
-        gathered.addErrback(lambda failure: failure.value.subFailure)
+        gathered.addErrback(_first_failure)
         return gathered.addCallback(lambda lists: [result for results in lists for result in results])
 
     def query(self, cap_id: str) -> "Deferred[Holding]":
@@ -326,11 +341,14 @@ class BlockingClient:
                 self._disconnect()
                 raise UnavailableError(f"volumecap server {self._endpoint} not reachable: {error}") from None
         if answer.get(b"_answer") == tag:
-            return command.parseResponse(answer, None)
+            response: dict[str, Any] = command.parseResponse(answer, None)
+            return response
         if answer.get(b"_error") == tag:
             code = answer.get(b"_error_code", b"")
             description = answer.get(b"_error_description", b"").decode("utf-8", "replace")
-            error_class = command.reverseErrors.get(code)
+            # Command's metaclass sets reverseErrors, so Twisted's annotations omit it.
+            reverse_errors: dict[bytes, type[Exception]] = getattr(command, "reverseErrors")
+            error_class = reverse_errors.get(code)
             if error_class is None:
                 raise UnavailableError(f"volumecap server error {code.decode('ascii', 'replace')}: {description}")
             raise error_class(description)

@@ -198,7 +198,7 @@ def plan(cap: CapDefinition, until: int, limit: int = 10_000) -> list[IntervalSp
     Return every interval of C{cap} that starts before C{until}, at most
     C{limit} of them.
     """
-    spans = []
+    spans: list[IntervalSpan] = []
     for span in intervals_from(cap, cap.start):
         if span.start >= until or len(spans) >= limit:
             break

@@ -133,7 +133,7 @@ class IntervalHandler(Service):
         L{MAX_SLEEP} and at least one second.
         """
         state = self.ledger.state
-        boundaries = [i.end for i in state.live_intervals()]
+        boundaries: list[float] = [i.end for i in state.live_intervals()]
         boundaries += [cap.start for cap in state.caps.values() if cap.start > now]
         boundaries += [i.end + self.retention for i in state.intervals.values() if i.expired]
         upcoming = [moment - now for moment in boundaries if moment > now]

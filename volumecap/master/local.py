@@ -131,7 +131,11 @@ class LocalHandler(Service):
                 peer=peer,
                 old=previous.peer,
             )
-            previous.protocol.transport.loseConnection()
+            # A joined protocol leaves self.servers when its connection is
+            # lost, which is also when AMP clears its transport.
+            transport = previous.protocol.transport
+            assert transport is not None
+            transport.loseConnection()
         self.servers[name] = JoinedServer(name, protocol, peer, self.clock.seconds())
         self.log.info("Server {server} joined from {peer} (fresh: {fresh})", server=name, peer=peer, fresh=fresh)
         # Recall after the join response is on its way, so the server knows
@@ -385,7 +389,7 @@ class LocalHandler(Service):
             server=name,
             request=request,
         )
-        call = self.servers[name].protocol.callRemote(
+        call: Deferred[dict[str, Any]] = self.servers[name].protocol.callRemote(
             mastercommands.Recall,
             request=request,
             cap=interval.cap_id,
@@ -419,7 +423,9 @@ class LocalHandler(Service):
         Send committed interval changes to every joined server and recall
         excess from intervals whose total fell below what was handed out.
         """
-        created, updated, deleted = [], [], []
+        created: list[dict[str, Any]] = []
+        updated: list[dict[str, Any]] = []
+        deleted: list[dict[str, Any]] = []
         state = self.ledger.state
         for record in records:
             kind = record["type"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -25,7 +25,7 @@ class ChainedLocator(amp.CommandLocator):
 
     def locateResponder(self, name: bytes) -> Callable[..., Any] | None:
         for locator in self.locators:
-            responder = locator.locateResponder(name)
+            responder: Callable[..., Any] | None = locator.locateResponder(name)
             if responder is not None:
                 return responder
         return None
@@ -42,7 +42,7 @@ class MasterProtocol(amp.AMP):
         self.session = ServerSession(local, self)
         super().__init__(locator=ChainedLocator([self.session, admin]))
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.session.connection_lost()
 

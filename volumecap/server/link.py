@@ -10,12 +10,12 @@ synchronised one.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -66,7 +66,7 @@ class MasterProtocol(amp.AMP):
         super().connectionMade()
         self._made(self)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self._lost(self)
 
@@ -108,10 +108,12 @@ class MasterLink(ClientService):
         self._connecting = protocol
 
     @inlineCallbacks
-    def _join(self, protocol: amp.AMP) -> Any:
+    def _join(self, proxy: IProtocol) -> Any:
         # ClientService passes a proxy of the protocol; the connection-lost
-        # notice names the protocol itself, so keep that one.
+        # notice names the protocol itself, so keep that one.  The proxy
+        # forwards attribute access to that MasterProtocol, an AMP.
         raw = self._connecting
+        protocol = cast(amp.AMP, proxy)
         joined = yield protocol.callRemote(servercommands.Join, server=self.server_name, fresh=self._fresh)
         self.listener.syncing(joined["dc"], joined["scale"])
         intervals: list[dict[str, Any]] = []

@@ -65,7 +65,7 @@ class DeleteCap(amp.Command):
     """
 
     arguments = [(b"id", amp.Unicode())]
-    response: list = []
+    response = []
     errors = _UNKNOWN
 
 
@@ -132,7 +132,7 @@ class Status(amp.Command):
     Return the master's role, data center, figures and joined servers.
     """
 
-    arguments: list = []
+    arguments = []
     response = [
         (b"dc", amp.Unicode()),
         (b"role", amp.Unicode()),

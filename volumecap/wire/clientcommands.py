@@ -12,7 +12,7 @@ from volumecap.errors import (
     UnknownCapError,
 )
 
-CONSUME_ERRORS = {
+CONSUME_ERRORS: dict[type[Exception], bytes] = {
     error: AMP_ERRORS[error]
     for error in (CappedError, UnknownCapError, InvalidAmountError, UnavailableError)
 }

@@ -15,7 +15,7 @@ class IntervalsCreated(amp.Command):
     """
 
     arguments = [(b"intervals", amp.AmpList(INTERVAL_FIELDS))]
-    response: list = []
+    response = []
 
 
 class IntervalsUpdated(amp.Command):
@@ -25,7 +25,7 @@ class IntervalsUpdated(amp.Command):
     """
 
     arguments = [(b"intervals", amp.AmpList(INTERVAL_FIELDS))]
-    response: list = []
+    response = []
 
 
 class IntervalsDeleted(amp.Command):
@@ -35,7 +35,7 @@ class IntervalsDeleted(amp.Command):
     """
 
     arguments = [(b"intervals", amp.AmpList([(b"cap", amp.Unicode()), (b"start", amp.Integer())]))]
-    response: list = []
+    response = []
 
 
 class Recall(amp.Command):

@@ -28,7 +28,7 @@ HOLDING_FIELDS = [
     (b"consumed", Amount()),
 ]
 
-_INTERVAL_ERRORS = {
+_INTERVAL_ERRORS: dict[type[Exception], bytes] = {
     UnknownIntervalError: AMP_ERRORS[UnknownIntervalError],
     NotJoinedError: AMP_ERRORS[NotJoinedError],
 }
@@ -108,5 +108,5 @@ class Report(amp.Command):
     """
 
     arguments = [(b"holdings", amp.AmpList(HOLDING_FIELDS))]
-    response: list = []
+    response = []
     errors = {NotJoinedError: AMP_ERRORS[NotJoinedError]}
