@@ -40,10 +40,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
     echo "Creating $venv"
     python3 -m venv "$venv"
 fi
-echo "Installing volumecap into $venv"
-"$venv/bin/pip" install --quiet --upgrade pip
-"$venv/bin/pip" install --quiet .
 mkdir -p "$run"
+echo "Installing volumecap into $venv (pip's output goes to $run/pip.log)"
+if ! { "$venv/bin/pip" install --upgrade pip && "$venv/bin/pip" install .; } >"$run/pip.log" 2>&1; then
+    cat "$run/pip.log" >&2
+    echo "Installing failed; pip's output is above." >&2
+    exit 1
+fi
 
 echo "Starting the master"
 "$venv/bin/twistd" --pidfile "$run/master.pid" --logfile "$run/master.log" \
@@ -82,7 +85,7 @@ for port in 7200 7201; do
     for _ in 1 2 3 4 5; do
         remaining=$("$venv/bin/volumecap" consume --server "tcp:127.0.0.1:$port" "$cap" 1)
     done
-    echo "  server on port $port holds $remaining after 5 consumes"
+    echo "  server on port $port after 5 consumes: $remaining"
 done
 sleep 1.5  # servers report consumption every second
 

@@ -142,8 +142,10 @@ def decimal_to_units(value: Decimal, scale: int) -> int:
     """
     Convert a non-negative L{Decimal} from a peer to units, exactly.
 
-    @raise InvalidAmountError: negative, or finer than the scale.
+    @raise InvalidAmountError: not finite, negative, or finer than the scale.
     """
+    if not value.is_finite():
+        raise InvalidAmountError(f"invalid amount {value}: not a finite number")
     scaled = value.scaleb(scale)
     if value < 0 or scaled != scaled.to_integral_value():
         raise InvalidAmountError(

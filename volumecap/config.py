@@ -78,7 +78,7 @@ def load_file(path: str, settings: Sequence[Setting]) -> dict[str, Any]:
             data = tomllib.load(handle)
     except OSError as error:
         raise usage.UsageError(f"cannot read configuration file {path}: {error.strerror}")
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise usage.UsageError(f"invalid configuration file {path}: {error}")
     known = {setting.name: setting for setting in settings}
     problems = []
@@ -87,6 +87,9 @@ def load_file(path: str, settings: Sequence[Setting]) -> dict[str, Any]:
         setting = known.get(key)
         if setting is None:
             problems.append(f"unknown key {key!r}; valid keys: {', '.join(sorted(known))}")
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            problems.append(f"{key} = {raw!r}: expected a string or a number")
             continue
         try:
             values[key] = setting.parse(str(raw))
@@ -105,9 +108,12 @@ def merge(options: Mapping[str, Any], settings: Sequence[Setting]) -> dict[str, 
     @raise usage.UsageError: listing every invalid value.
     """
     values = {setting.name: setting.default for setting in settings}
-    if options.get("config"):
-        values.update(load_file(options["config"], settings))
     problems = []
+    if options.get("config"):
+        try:
+            values.update(load_file(options["config"], settings))
+        except usage.UsageError as error:
+            problems.append(str(error))
     for setting in settings:
         raw = options.get(setting.option)
         if raw is None:

@@ -92,9 +92,10 @@ def parse_when(text: str, tz_name: str) -> int:
     @raise InvalidCapError: the text is neither.
     """
     text = text.strip()
+    tz = zone(tz_name)
     try:
         if len(text) == 10:
-            return local_midnight(date.fromisoformat(text), zone(tz_name))
+            return local_midnight(date.fromisoformat(text), tz)
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidCapError(
@@ -232,7 +233,9 @@ def build_cap(
         )
 
     kind = str(fields.get("interval") or "")
-    if kind not in INTERVAL_KINDS:
+    if not kind:
+        problems.append(f"missing field 'interval'; expected one of {', '.join(INTERVAL_KINDS)}")
+    elif kind not in INTERVAL_KINDS:
         problems.append(f"invalid interval {kind!r}: expected one of {', '.join(INTERVAL_KINDS)}")
 
     tz_name = str(fields.get("timezone") or default_timezone)

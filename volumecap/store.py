@@ -93,7 +93,12 @@ class Journal:
         connection.execute(f"PRAGMA synchronous={self.synchronous}")
         connection.executescript(_SCHEMA)
         self._connection = connection
-        self._check_settings({"dc": dc, "scale": str(scale)})
+        try:
+            self._check_settings({"dc": dc, "scale": str(scale)})
+        except StoreMismatchError:
+            connection.close()
+            self._connection = None
+            raise
         return self._load(dc)
 
     def start(self, reactor: IReactorThreads) -> None:

@@ -477,8 +477,16 @@ class ServerSession(amp.CommandLocator):
         return self.server
 
     def peer(self) -> str:
+        """
+        Return the server's address as C{host:port}, or its description for
+        other transports.
+        """
         transport = self.protocol.transport
-        return str(transport.getPeer()) if transport is not None else "unknown"
+        if transport is None:
+            return "unknown"
+        address = transport.getPeer()
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
 
     @servercommands.Join.responder
     def join(self, server: str, fresh: bool) -> "Deferred[dict[str, Any]]":

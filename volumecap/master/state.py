@@ -118,7 +118,9 @@ class MasterState:
 
         @raise KeyError: the record names an unknown type.
         """
-        handler = getattr(self, "_apply_" + record["type"].replace(".", "_"))
+        handler = getattr(self, "_apply_" + str(record["type"]).replace(".", "_"), None)
+        if handler is None:
+            raise KeyError(f"unknown record type {record['type']!r}")
         handler(record)
         self.seq += 1
 
