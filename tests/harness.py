@@ -110,7 +110,8 @@ class Network:
             self.pumps = [p for p in self.pumps if not (p.clientIO.disconnected and p.serverIO.disconnected)]
             if not moved:
                 return
-        raise AssertionError(f"network still busy after {rounds} rounds")
+        counts = self.pumps[0].server.counts if self.pumps and hasattr(self.pumps[0].server, "counts") else None
+        raise AssertionError(f"network still busy after {rounds} rounds: {counts}")
 
 
 @implementer(IStreamClientEndpoint)

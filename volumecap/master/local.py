@@ -10,6 +10,7 @@ interval.  After a total is lowered it recalls the excess.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from twisted.python.failure import Failure
 from volumecap.amounts import decimal_to_units, fraction_of, units_to_decimal
 from volumecap.errors import NotJoinedError, UnknownIntervalError
 from volumecap.master.ledger import Ledger
-from volumecap.master.state import Interval, Record
+from volumecap.master.state import Interval, IntervalKey, Record
 from volumecap.wire import mastercommands, servercommands
 
 DEFAULT_TOPUP_PERCENT = 10
@@ -74,6 +75,7 @@ class LocalHandler(Service):
         self.threshold_percent = threshold_percent
         self.recall_timeout = recall_timeout
         self.servers: dict[str, JoinedServer] = {}
+        self._recalling: collections.Counter[IntervalKey] = collections.Counter()
         self._recall_ids = itertools.count(1)
         self._instance = uuid.uuid4().hex[:12]
 
@@ -166,19 +168,30 @@ class LocalHandler(Service):
 
     # Intervals as servers see them.
 
+    def topup_units(self, interval: Interval) -> int:
+        """
+        Return the top-up size of C{interval}, in units.
+        """
+        return fraction_of(interval.total, self.topup_percent) if interval.total > 0 else 0
+
+    def threshold_units(self, interval: Interval) -> int:
+        """
+        Return the holding at which servers top up C{interval}, in units.
+        """
+        topup = self.topup_units(interval)
+        return fraction_of(topup, self.threshold_percent) if topup > 0 else 0
+
     def describe(self, interval: Interval) -> dict[str, Any]:
         """
         Return the broadcast form of C{interval}: its bounds, top-up size and
         threshold.
         """
-        topup = fraction_of(interval.total, self.topup_percent) if interval.total > 0 else 0
-        threshold = fraction_of(topup, self.threshold_percent) if topup > 0 else 0
         return {
             "cap": interval.cap_id,
             "start": interval.start,
             "end": interval.end,
-            "topup": units_to_decimal(topup, self.scale),
-            "threshold": units_to_decimal(threshold, self.scale),
+            "topup": units_to_decimal(self.topup_units(interval), self.scale),
+            "threshold": units_to_decimal(self.threshold_units(interval), self.scale),
         }
 
     def page(self, after_cap: str, after_start: int) -> tuple[list[dict[str, Any]], bool]:
@@ -234,7 +247,7 @@ class LocalHandler(Service):
             return self._grant_again(server, request, interval)
         granted = min(units, max(0, interval.available))
         if granted == 0:
-            return succeed(self._granted(interval, 0))
+            return succeed(self._granted(interval, 0, server))
         record = {
             "type": "grant",
             "cap": cap_id,
@@ -252,7 +265,7 @@ class LocalHandler(Service):
             server=server,
             request=request,
         )
-        return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted))
+        return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted, server))
 
     def _grant_again(self, server: str, request: str, interval: Interval) -> "Deferred[dict[str, Decimal]]":
         """
@@ -265,7 +278,7 @@ class LocalHandler(Service):
         granted = interval.requests[request]
         revoked = min(granted, max(0, -interval.available))
         if revoked == 0:
-            return self.ledger.synced().addCallback(lambda _: self._granted(interval, granted))
+            return self.ledger.synced().addCallback(lambda _: self._granted(interval, granted, server))
         record = {
             "type": "revoke",
             "cap": interval.cap_id,
@@ -282,13 +295,27 @@ class LocalHandler(Service):
             start=interval.start,
             server=server,
         )
-        return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted - revoked))
+        return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted - revoked, server))
 
-    def _granted(self, interval: Interval, granted: int) -> dict[str, Decimal]:
+    def _granted(self, interval: Interval, granted: int, server: str) -> dict[str, Any]:
         return {
             "granted": units_to_decimal(granted, self.scale),
             "available": units_to_decimal(max(0, interval.available), self.scale),
+            "exhausted": self.exhausted(interval, server),
         }
+
+    def exhausted(self, interval: Interval, server: str) -> bool:
+        """
+        Return whether C{interval} has nothing left for C{server}: the master
+        has nothing, no other joined server holds anything and no recall is
+        on its way back.
+        """
+        if interval.available > 0 or self._recalling[interval.key] > 0:
+            return False
+        return not any(
+            holding.available > 0 and name != server and name in self.servers
+            for name, holding in interval.holdings.items()
+        )
 
     def give_back(
         self, server: str, request: str, cap_id: str, start: int, amount: Decimal
@@ -345,9 +372,10 @@ class LocalHandler(Service):
         Ask joined servers other than C{exclude} to return up to C{wanted}
         units of C{interval}, largest holdings first.
 
-        With C{share}, a server is asked for at most half of what it holds
-        (rounded up), so a busy server keeps serving while an idle one gives
-        back.  Without it, every holder is asked for up to C{wanted}: the
+        With C{share}, a server is asked for half of what it holds (rounded
+        up), so a busy server keeps serving while an idle one gives back.  A
+        holding of at most two thresholds is asked for whole, because halves
+        of the last units can leave every server too little for one consume.  Without it, every holder is asked for up to C{wanted}: the
         master's figures lag behind consumption, so asking only the largest
         holders could leave the excess with a server that was not asked, and
         returning more than needed is harmless.  Returns L{None} when nobody
@@ -364,11 +392,12 @@ class LocalHandler(Service):
         )
         calls = []
         remaining = wanted
+        small = 2 * self.threshold_units(interval)
         for available, name in holders:
             if remaining <= 0:
                 break
             if share:
-                asked = min(remaining, -(-available // 2))
+                asked = min(remaining, available if available <= small else -(-available // 2))
                 remaining -= asked
             else:
                 asked = min(wanted, available)
@@ -396,7 +425,22 @@ class LocalHandler(Service):
             start=interval.start,
             amount=units_to_decimal(units, self.scale),
         )
-        return call.addErrback(self._recall_failed, name, interval, request)
+        key = interval.key
+        self._recalling[key] += 1
+
+        def finished(result: object) -> object:
+            self._recalling[key] -= 1
+            if not self._recalling[key]:
+                del self._recalling[key]
+            return result
+
+        def answered(result: dict[str, Any]) -> dict[str, Any]:
+            consumed = decimal_to_units(result["consumed"], self.scale)
+            self.ledger.state.note_consumed(name, interval.cap_id, interval.start, consumed)
+            return result
+
+        call.addCallback(answered)
+        return call.addBoth(finished).addErrback(self._recall_failed, name, interval, request)
 
     def _recall_failed(self, failure: Failure, name: str, interval: Interval, request: str) -> None:
         self.log.warn(

@@ -188,7 +188,7 @@ class MasterState:
         lowers one.
         """
         interval = self.intervals.get((cap_id, start))
-        if interval is None:
+        if interval is None or (consumed == 0 and server not in interval.holdings):
             return
         holding = interval.holding(server)
         holding.consumed = max(holding.consumed, min(consumed, holding.granted))

@@ -38,6 +38,10 @@ DEFAULT_CAPPED_BACKOFF = 1.0
 # Seconds a stopping server waits for the master to accept its returns.
 STOP_TIMEOUT = 5.0
 
+# Seconds a waiting consume pauses before asking again after a top-up that
+# granted nothing while the master was still recalling from other servers.
+RETRY_DELAY = 0.02
+
 
 class PendingTopUp:
     """
@@ -51,18 +55,22 @@ class PendingTopUp:
         self.request = request
         self.slice = slice
         self.units = units
-        self._waiters: list[Deferred[None]] = []
+        self._waiters: list[Deferred[int]] = []
 
-    def wait(self) -> "Deferred[None]":
-        waiter: Deferred[None] = Deferred()
+    def wait(self) -> "Deferred[int]":
+        """
+        Return a Deferred that fires with the units granted, or zero when the
+        request failed or is still unanswered after a lost connection.
+        """
+        waiter: Deferred[int] = Deferred()
         self._waiters.append(waiter)
         return waiter
 
-    def notify(self) -> None:
+    def notify(self, granted: int = 0) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.called:
-                waiter.callback(None)
+                waiter.callback(granted)
 
 
 class VolumecapServer(MultiService):
@@ -214,17 +222,24 @@ class VolumecapServer(MultiService):
             self._take(held, units)
             return held.available
         now = self.clock.seconds()
-        if now < deadline and now >= held.exhausted_until:
+        if now < held.exhausted_until:
+            raise CappedError(f"cap {held.cap_id!r} is capped for the current interval")
+        if now + RETRY_DELAY < deadline and result == 0:
+            paused = deferLater(self.clock, RETRY_DELAY, lambda: None)
+            return paused.addCallback(lambda _: self._wait_for_top_up(held, units, deadline))
+        if now < deadline and result != 0:
             return self._wait_for_top_up(held, units, deadline)
         if self.link.protocol is None:
             raise UnavailableError(
                 f"cap {held.cap_id!r}: this server holds too little and cannot reach its master"
             )
-        raise CappedError(f"cap {held.cap_id!r} is capped for the current interval")
+        raise UnavailableError(
+            f"cap {held.cap_id!r}: timed out waiting {self.topup_wait} s for a top-up; retry"
+        )
 
     # Top-ups.
 
-    def _top_up(self, held: Slice, needed: int) -> "Deferred[None]":
+    def _top_up(self, held: Slice, needed: int) -> "Deferred[int]":
         pending = self._pending.get(held.key)
         if pending is None:
             units = max(held.topup, needed - held.available)
@@ -250,17 +265,17 @@ class VolumecapServer(MultiService):
             return
         call.addCallbacks(self._granted, self._top_up_failed, (pending,), errbackArgs=(pending,))
 
-    def _granted(self, result: dict[str, Decimal], pending: PendingTopUp) -> None:
+    def _granted(self, result: dict[str, Any], pending: PendingTopUp) -> None:
         assert self.scale is not None
         held = pending.slice
         self._pending.pop(held.key, None)
         granted = decimal_to_units(result["granted"], self.scale)
         if self.holdings.get(held.cap_id, held.start) is held:
             held.available += granted
-            # Only an empty grant means capped: a partial grant means the
-            # master may find more by recalling from other servers next time.
-            exhausted = granted == 0 and result["available"] == 0
+            exhausted = result["exhausted"]
             held.exhausted_until = self.clock.seconds() + self.capped_backoff if exhausted else 0.0
+        else:
+            granted = 0
         self.log.debug(
             "Top-up {request} of {cap}/{start}: granted {granted} units",
             request=pending.request,
@@ -268,7 +283,7 @@ class VolumecapServer(MultiService):
             start=held.start,
             granted=granted,
         )
-        pending.notify()
+        pending.notify(granted)
 
     def _top_up_failed(self, failure: Failure, pending: PendingTopUp) -> None:
         held = pending.slice
@@ -352,6 +367,9 @@ class VolumecapServer(MultiService):
             return finished
         assert held is not None
         held.available -= given
+        # The master was exhausted apart from this holding; now part of it
+        # is elsewhere, so a consume beyond the holding must ask again.
+        held.exhausted_until = 0.0
         self.log.info(
             "Master recalled {amount} units of {cap}/{start} (request {request})",
             amount=given,
@@ -534,6 +552,11 @@ class MasterCommands(amp.CommandLocator):
     def recall(self, request: str, cap: str, start: int, amount: Decimal) -> "Deferred[dict[str, Decimal]] | dict[str, Decimal]":
         scale = self.server.scale
         if scale is None or not self._current("Recall"):
-            return {"returned": Decimal(0)}
+            return {"returned": Decimal(0), "consumed": Decimal(0)}
         given = self.server.recall(request, cap, start, decimal_to_units(amount, scale))
-        return given.addCallback(lambda units: {"returned": units_to_decimal(units, scale)})
+        return given.addCallback(self._recalled, cap, start, scale)
+
+    def _recalled(self, units: int, cap: str, start: int, scale: int) -> dict[str, Decimal]:
+        held = self.server.holdings.get(cap, start)
+        consumed = held.consumed if held is not None else 0
+        return {"returned": units_to_decimal(units, scale), "consumed": units_to_decimal(consumed, scale)}

@@ -45,7 +45,8 @@ class Recall(amp.Command):
     The server sends the amount back with a L{volumecap.wire.servercommands.Return}
     under request id C{request} and then answers with C{returned}, the amount
     it gave back, so the master has applied the return before the response
-    arrives.
+    arrives.  C{consumed} is what the server has consumed of the interval,
+    which keeps the master's figures current.
     """
 
     arguments = [
@@ -54,4 +55,4 @@ class Recall(amp.Command):
         (b"start", amp.Integer()),
         (b"amount", Amount()),
     ]
-    response = [(b"returned", Amount())]
+    response = [(b"returned", Amount()), (b"consumed", Amount())]

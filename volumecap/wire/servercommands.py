@@ -72,6 +72,8 @@ class TopUp(amp.Command):
 
     The master grants all of it, part of it when it has less, or zero when it
     has nothing left; C{available} is what the master has left afterwards.
+    C{exhausted} is true when the master has nothing left and nothing to
+    recall from other servers, so a consume beyond the holding is capped.
     """
 
     arguments = [
@@ -80,7 +82,7 @@ class TopUp(amp.Command):
         (b"start", amp.Integer()),
         (b"amount", Amount()),
     ]
-    response = [(b"granted", Amount()), (b"available", Amount())]
+    response = [(b"granted", Amount()), (b"available", Amount()), (b"exhausted", amp.Boolean())]
     errors = _INTERVAL_ERRORS
 
 
