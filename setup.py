@@ -32,7 +32,7 @@ setup(
         "txamqp>=0.8.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "mypy>=1.10"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "mypy>=1.10", "mypy-zope>=1.0"],
         "bench": ["redis>=5", "hiredis>=2"],
     },
     entry_points={"console_scripts": ["volumecap = volumecap.cli:main"]},

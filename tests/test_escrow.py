@@ -248,15 +248,51 @@ def test_lower_below_consumed(master: MasterRig) -> None:
 
 def test_dates_moved_out_of_range(master: MasterRig) -> None:
     """
-    Moving a cap's start into the future deletes its intervals and servers
-    drop them.
+    Moving a cap's start into the future expires its intervals, keeping
+    their figures, and servers drop them.
     """
     master.set_cap(id="c", total=1000)
     server = ServerRig("s1", master)
     server.consume("c", UNIT)
     master.set_cap(id="c", total=1000, start="2027-06-01")
-    assert master.state.intervals_of("c") == []
+    intervals = master.state.intervals_of("c")
+    assert [interval.expired for interval in intervals] == [True, True]
+    assert list(master.state.live_intervals()) == []
     assert isinstance(server.consume("c", UNIT), UnknownCapError)
+
+
+def test_dates_moved_back_keep_consumption(master: MasterRig) -> None:
+    """
+    Moving a cap's dates away and back revives the same interval with what
+    was consumed, so the period is never served twice.
+    """
+    master.set_cap(id="c", total=100)
+    server = ServerRig("s1", master)
+    for _ in range(60):
+        assert isinstance(server.consume("c", UNIT), int)
+    master.set_cap(id="c", total=100, end="2027-02-01")
+    master.set_cap(id="c", total=100)
+    served = 0
+    while isinstance(server.consume("c", UNIT), int):
+        served += 1
+    assert 60 + served <= 100
+    assert master.interval("c").consumed + master.interval("c").available <= 100 * UNIT
+
+
+def test_start_moved_within_day(master: MasterRig) -> None:
+    """
+    Moving a cap's start later within the current day keeps the day's
+    interval and its consumption.
+    """
+    master.set_cap(id="c", total=100)
+    server = ServerRig("s1", master)
+    for _ in range(60):
+        server.consume("c", UNIT)
+    before = master.interval("c")
+    master.set_cap(id="c", total=100, start="2027-03-14T06:00:00Z")
+    after = master.interval("c")
+    assert after is before
+    assert after.holdings["s1"].granted >= 60 * UNIT
 
 
 def test_delete_cap(master: MasterRig) -> None:

@@ -314,3 +314,11 @@ __all__ = [
     "parse_when",
     "plan",
 ]
+
+
+def interval_name(cap_id: str, start: int) -> str:
+    """
+    Name one interval of a cap for logs, for example
+    C{campaign-1111@2027-03-14T05:00:00Z}.
+    """
+    return f"{cap_id}@{format_instant(start)}"

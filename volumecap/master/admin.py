@@ -124,7 +124,9 @@ class AdminLocator(amp.CommandLocator):
         state = self.state
         servers = []
         for joined in sorted(self.local.servers.values(), key=lambda j: j.name):
-            held = sum(1 for i in state.live_intervals() if i.holdings.get(joined.name))
+            held = sum(
+                1 for i in state.live_intervals() if joined.name in i.holdings and i.holdings[joined.name].available > 0
+            )
             servers.append(
                 {"name": joined.name, "peer": joined.peer, "joined": format_time(joined.joined), "holdings": held}
             )

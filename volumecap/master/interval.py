@@ -71,32 +71,43 @@ class IntervalHandler(Service):
 
     def changes_for(self, cap_id: str, cap: CapDefinition | None, now: int) -> list[Record]:
         """
-        Return the records that make the live intervals of C{cap_id} match
-        C{cap} (L{None} for a deleted cap) at C{now}.
+        Return the records that make the intervals of C{cap_id} match C{cap}
+        (L{None} for a deleted cap) at C{now}.
+
+        A wanted interval that overlaps one the master already has is the
+        same calendar period, so the existing interval is updated, revived if
+        it had expired, and keeps its consumption: moving a cap's dates away
+        and back never serves a period twice.  Intervals that are no longer
+        wanted expire, so their figures stay visible; a deleted cap's
+        intervals are deleted.
         """
-        wanted = {span.start: span for span in current_and_next(cap, now)} if cap else {}
+        existing = self.ledger.state.intervals_of(cap_id)
+        if cap is None:
+            return [{"type": "interval.delete", "cap": cap_id, "start": i.start} for i in existing]
         records: list[Record] = []
-        for interval in self.ledger.state.intervals_of(cap_id):
-            span = wanted.pop(interval.start, None)
-            if span is None:
-                if not interval.expired:
-                    records.append({"type": "interval.delete", "cap": cap_id, "start": interval.start})
-                continue
+        kept: set[int] = set()
+        for span in current_and_next(cap, now):
             share = self.share(span.total)
-            if interval.expired or span.end != interval.end or share != interval.total:
+            found = next((i for i in existing if i.start < span.end and span.start < i.end), None)
+            if found is not None and found.start != span.start and span.start > now:
+                # The start moved inside a period that has not begun: nothing
+                # was consumed in it yet, so it starts afresh.
+                records.append({"type": "interval.delete", "cap": cap_id, "start": found.start})
+                kept.add(found.start)
+                found = None
+            if found is None:
                 records.append(
-                    {"type": "interval.update", "cap": cap_id, "start": span.start, "end": span.end, "total": share}
+                    {"type": "interval.create", "cap": cap_id, "start": span.start, "end": span.end, "total": share}
                 )
-        for span in wanted.values():
-            records.append(
-                {
-                    "type": "interval.create",
-                    "cap": cap_id,
-                    "start": span.start,
-                    "end": span.end,
-                    "total": self.share(span.total),
-                }
-            )
+                continue
+            kept.add(found.start)
+            if found.expired or span.end != found.end or share != found.total:
+                records.append(
+                    {"type": "interval.update", "cap": cap_id, "start": found.start, "end": span.end, "total": share}
+                )
+        for interval in existing:
+            if interval.start not in kept and not interval.expired:
+                records.append({"type": "interval.expire", "cap": cap_id, "start": interval.start})
         return records
 
     def tick(self) -> "Deferred[None]":

@@ -25,8 +25,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from volumecap.amounts import decimal_to_units, fraction_of, units_to_decimal
+from volumecap.amounts import decimal_to_units, format_units, fraction_of, units_to_decimal
 from volumecap.errors import NotJoinedError, UnknownIntervalError
+from volumecap.intervals import interval_name
 from volumecap.master.ledger import Ledger
 from volumecap.master.state import Interval, IntervalKey, Record
 from volumecap.wire import mastercommands, servercommands
@@ -115,11 +116,10 @@ class LocalHandler(Service):
                     )
         for record in records:
             self.log.warn(
-                "Writing off {amount} units of {cap}/{start} held by {server}, "
+                "Writing off {amount} of {interval} held by {server}, "
                 "which restarted without its holdings",
-                amount=record["amount"],
-                cap=record["cap"],
-                start=record["start"],
+                amount=format_units(record["amount"], self.scale),
+                interval=interval_name(record["cap"], record["start"]),
                 server=name,
             )
         return self.ledger.commit(records).addCallback(lambda _: self._register(name, fresh, protocol, peer))
@@ -258,10 +258,9 @@ class LocalHandler(Service):
             "at": self.clock.seconds(),
         }
         self.log.debug(
-            "Granting {amount} units of {cap}/{start} to {server} (request {request})",
-            amount=granted,
-            cap=cap_id,
-            start=start,
+            "Granting {amount} of {interval} to {server} (request {request})",
+            amount=format_units(granted, self.scale),
+            interval=interval_name(cap_id, start),
             server=server,
             request=request,
         )
@@ -288,11 +287,10 @@ class LocalHandler(Service):
             "amount": revoked,
         }
         self.log.info(
-            "Revoking {amount} units of undelivered grant {request} of {cap}/{start} to {server}",
-            amount=revoked,
+            "Revoking {amount} of undelivered grant {request} of {interval} to {server}",
+            amount=format_units(revoked, self.scale),
             request=request,
-            cap=interval.cap_id,
-            start=interval.start,
+            interval=interval_name(interval.cap_id, interval.start),
             server=server,
         )
         return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted - revoked, server))
@@ -332,13 +330,12 @@ class LocalHandler(Service):
             return self.ledger.synced().addCallback(lambda _: self._available(interval))
         if units > held:
             self.log.warn(
-                "Server {server} returned {amount} units of {cap}/{start} but was "
+                "Server {server} returned {amount} of {interval} but was "
                 "granted only {held}; accepting {held}",
                 server=server,
-                amount=units,
-                cap=cap_id,
-                start=start,
-                held=held,
+                amount=format_units(units, self.scale),
+                interval=interval_name(cap_id, start),
+                held=format_units(held, self.scale),
             )
             units = held
         record = {
@@ -411,10 +408,9 @@ class LocalHandler(Service):
     def _recall_from(self, name: str, interval: Interval, units: int) -> "Deferred[Any]":
         request = f"recall-{self._instance}-{next(self._recall_ids)}"
         self.log.info(
-            "Recalling {amount} units of {cap}/{start} from {server} (request {request})",
-            amount=units,
-            cap=interval.cap_id,
-            start=interval.start,
+            "Recalling {amount} of {interval} from {server} (request {request})",
+            amount=format_units(units, self.scale),
+            interval=interval_name(interval.cap_id, interval.start),
             server=name,
             request=request,
         )
@@ -444,10 +440,9 @@ class LocalHandler(Service):
 
     def _recall_failed(self, failure: Failure, name: str, interval: Interval, request: str) -> None:
         self.log.warn(
-            "Recall {request} of {cap}/{start} from {server} failed: {error}",
+            "Recall {request} of {interval} from {server} failed: {error}",
             request=request,
-            cap=interval.cap_id,
-            start=interval.start,
+            interval=interval_name(interval.cap_id, interval.start),
             server=name,
             error=failure.getErrorMessage(),
         )

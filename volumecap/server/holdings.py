@@ -114,7 +114,7 @@ class Holdings:
             return found
         slices = self._by_cap.get(cap_id)
         if slices is None:
-            raise UnknownCapError(f"cap {cap_id!r} not found")
+            raise UnknownCapError(f"cap {cap_id!r} not found, or it has no current or next interval")
         for candidate in slices.values():
             if candidate.start <= now < candidate.end:
                 self._current[cap_id] = candidate

@@ -137,7 +137,10 @@ class MasterLink(ClientService):
     def _connection_lost(self, protocol: MasterProtocol) -> None:
         if protocol is self.protocol:
             self.protocol = None
-            self.log.warn("Lost the connection to the master; reconnecting")
+            if self.running:
+                self.log.warn("Lost the connection to the master; reconnecting")
+            else:
+                self.log.info("Disconnected from the master")
             self.listener.link_lost()
 
     def is_current(self, protocol: amp.AMP) -> bool:

@@ -24,8 +24,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from volumecap.amounts import decimal_to_units, units_to_decimal
+from volumecap.amounts import decimal_to_units, format_units, units_to_decimal
 from volumecap.errors import CappedError, UnavailableError, UnknownCapError, UnknownIntervalError
+from volumecap.intervals import interval_name
 from volumecap.server.holdings import Holdings, Slice
 from volumecap.server.link import MasterLink
 from volumecap.wire import mastercommands, servercommands
@@ -164,9 +165,9 @@ class VolumecapServer(MultiService):
         unreturned = sum(held.available for held in self.holdings) + sum(units for _, _, units in self._returns.values())
         if unreturned:
             self.log.warn(
-                "Stopping with {amount} units not returned to the master; they stay "
-                "unserved until their intervals end",
-                amount=unreturned,
+                "Stopping with {amount} not returned to the master; it stays "
+                "unserved until its intervals end",
+                amount=format_units(unreturned, self.scale or 0),
             )
         yield super().stopService()
 
@@ -277,11 +278,10 @@ class VolumecapServer(MultiService):
         else:
             granted = 0
         self.log.debug(
-            "Top-up {request} of {cap}/{start}: granted {granted} units",
+            "Top-up {request} of {interval}: granted {granted}",
             request=pending.request,
-            cap=held.cap_id,
-            start=held.start,
-            granted=granted,
+            interval=interval_name(held.cap_id, held.start),
+            granted=format_units(granted, self.scale or 0),
         )
         pending.notify(granted)
 
@@ -293,15 +293,16 @@ class VolumecapServer(MultiService):
             return
         self._pending.pop(held.key, None)
         if failure.check(UnknownIntervalError):
-            self.log.info("Dropping {cap}/{start}: the master no longer has it", cap=held.cap_id, start=held.start)
+            self.log.info(
+                "Dropping {interval}: the master no longer has it", interval=interval_name(held.cap_id, held.start)
+            )
             self.holdings.remove(held.cap_id, held.start)
         else:
             self.log.failure(
-                "Top-up {request} of {cap}/{start} failed",
+                "Top-up {request} of {interval} failed",
                 failure,
                 request=pending.request,
-                cap=held.cap_id,
-                start=held.start,
+                interval=interval_name(held.cap_id, held.start),
             )
         pending.notify()
 
@@ -352,7 +353,11 @@ class VolumecapServer(MultiService):
         for held in list(self.holdings):
             if held.available > 0:
                 units, held.available = held.available, 0
-                self.log.info("Returning {amount} units of {cap}/{start}", amount=units, cap=held.cap_id, start=held.start)
+                self.log.info(
+                    "Returning {amount} of {interval}",
+                    amount=format_units(units, self.scale or 0),
+                    interval=interval_name(held.cap_id, held.start),
+                )
                 yield self.give_back(held.cap_id, held.start, units)
 
     def recall(self, request: str, cap_id: str, start: int, units: int) -> "Deferred[int]":
@@ -371,10 +376,9 @@ class VolumecapServer(MultiService):
         # is elsewhere, so a consume beyond the holding must ask again.
         held.exhausted_until = 0.0
         self.log.info(
-            "Master recalled {amount} units of {cap}/{start} (request {request})",
-            amount=given,
-            cap=cap_id,
-            start=start,
+            "Master recalled {amount} of {interval} (request {request})",
+            amount=format_units(given, self.scale or 0),
+            interval=interval_name(cap_id, start),
             request=request,
         )
         return self.give_back(cap_id, start, given, request).addCallback(lambda _: given)

@@ -130,6 +130,10 @@ class PlanCap(amp.Command):
 class Status(amp.Command):
     """
     Return the master's role, data center, figures and joined servers.
+
+    C{intervals} counts live intervals and C{journal} the journal's records.
+    Each server's C{holdings} is the number of live intervals of which it
+    holds an unconsumed part.
     """
 
     arguments = []
