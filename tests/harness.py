@@ -27,6 +27,8 @@ from volumecap.master.interval import IntervalHandler
 from volumecap.master.ledger import Ledger, LedgerService
 from volumecap.master.local import LocalHandler
 from volumecap.master.meta import MetaHandler
+from volumecap.master.remote import RemoteHandler
+from volumecap.messaging import MemoryBroker, MemoryMessaging
 from volumecap.master.protocol import MasterFactory, MasterProtocol
 from volumecap.server.service import VolumecapServer
 from volumecap.store import DATABASE_NAME, Journal
@@ -156,12 +158,26 @@ class MasterRig:
     A real master on a L{Clock}, with its journal in C{directory}.
     """
 
-    def __init__(self, directory: str, clock: Clock, network: Network, scale: int = 2, manual: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str,
+        clock: Clock,
+        network: Network,
+        scale: int = 2,
+        manual: bool = False,
+        dc: str = "dc1",
+        dcs: tuple[str, ...] = (),
+        broker: MemoryBroker | None = None,
+    ) -> None:
         self.directory = directory
         self.clock = clock
         self.network = network
         self.scale = scale
         self.manual = manual
+        self.dc = dc
+        self.dcs = dcs or (dc,)
+        self.broker = broker
+        self.remote: RemoteHandler | None = None
         self.factory: CountingFactory | None = None
         self.start()
 
@@ -169,14 +185,22 @@ class MasterRig:
         self.runner = ManualRunner() if self.manual else None
         runner = self.runner if self.runner is not None else _synchronous
         self.journal = Journal(f"{self.directory}/{DATABASE_NAME}", runner=runner)
-        state = self.journal.open("dc1", self.scale)
+        state = self.journal.open(self.dc, self.scale)
         self.ledger = Ledger(state, self.journal, self.scale)
-        self.intervals = IntervalHandler(self.ledger, self.clock)
+        self.intervals = IntervalHandler(self.ledger, self.clock, dcs=self.dcs)
         self.meta = MetaHandler(self.ledger, self.intervals, self.clock, "UTC")
         self.local = LocalHandler(self.ledger, self.clock, recall_timeout=0.2)
-        self.admin = AdminLocator(self.meta, self.local, self.clock.seconds(), role=lambda: "primary")
+        children: list[Any] = [LedgerService(self.ledger, self.clock), self.meta, self.intervals, self.local]
+        if self.broker is not None:
+            self.messaging = MemoryMessaging(self.broker, self.dc)
+            self.remote = RemoteHandler(
+                self.ledger, self.meta, self.messaging, self.clock, self.dcs, self.local.topup_units
+            )
+            self.local.remote = self.remote
+            children += [self.remote, self.messaging]
+        self.admin = AdminLocator(self.meta, self.local, self.clock.seconds(), role=lambda: "primary", remote=self.remote)
         self.service = MultiService()
-        for child in (LedgerService(self.ledger, self.clock), self.meta, self.intervals, self.local):
+        for child in children:
             child.setServiceParent(self.service)
         self.service.startService()
         self.factory = CountingFactory(self.local, self.admin)
@@ -188,6 +212,10 @@ class MasterRig:
         if self.runner is not None:
             self.runner.drop_all()
         self.intervals.stopService()
+        if self.remote is not None:
+            self.remote.stopService()
+            assert self.broker is not None
+            self.broker.drop(self.dc)
         self.factory = None
         assert self.journal._connection is not None
         self.journal._connection.close()

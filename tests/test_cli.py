@@ -163,6 +163,8 @@ class FakeMaster(amp.CommandLocator):
             "caps": len(self.caps),
             "intervals": 0,
             "journal": 7,
+            "dcs": "eu,us",
+            "broker": "connected",
             "servers": [{"name": "web-1", "peer": "127.0.0.1:5000", "joined": "2027-01-05T00:00:01Z", "holdings": 2}],
         }
 
@@ -697,6 +699,7 @@ async def test_show_json(master_endpoint: str) -> None:
         "available": "900.00",
         "consumed": "55.00",
         "state": "live",
+        "updated": None,
         "servers": {
             "web-1": {"available": "40.00", "consumed": "10.00"},
             "web-2": {"available": "5.00", "consumed": "45.00"},
@@ -715,7 +718,7 @@ async def test_show_table(master_endpoint: str) -> None:
     assert status == 0
     assert lines[0] == "id: c1"
     assert "first_total: -" in lines
-    assert lines[8].split() == ["DC", "START", "END", "TOTAL", "AVAILABLE", "CONSUMED", "STATE"]
+    assert lines[8].split() == ["DC", "START", "END", "TOTAL", "AVAILABLE", "CONSUMED", "STATE", "UPDATED"]
     assert lines[-1].split() == ["eu", "2027-01-06T00:00:00Z", "web-2", "5.00", "45.00"]
 
 

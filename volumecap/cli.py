@@ -47,7 +47,19 @@ DEFAULT_TIMEOUT = 30.0
 
 CAP_COLUMNS = ("id", "interval", "start", "end", "total", "first_total", "timezone")
 INTERVAL_COLUMNS = ("dc", "start", "end", "total", "available", "consumed", "state")
-STATUS_FIELDS = ("dc", "role", "version", "started", "scale", "timezone", "caps", "intervals", "journal")
+STATUS_FIELDS = (
+    "dc",
+    "dcs",
+    "broker",
+    "role",
+    "version",
+    "started",
+    "scale",
+    "timezone",
+    "caps",
+    "intervals",
+    "journal",
+)
 SERVER_COLUMNS = ("name", "peer", "joined", "holdings")
 
 # Errors in what the operator typed, which end the command with exit status 2.
@@ -251,6 +263,7 @@ def show_record(response: Mapping[str, Any]) -> dict[str, Any]:
     intervals = []
     for interval in response["intervals"]:
         item = {name: interval[name] for name in INTERVAL_COLUMNS}
+        item["updated"] = interval.get("updated")
         item["servers"] = {
             server["name"]: {"available": server["available"], "consumed": server["consumed"]}
             for server in interval["servers"]
@@ -274,7 +287,9 @@ async def caps_show(session: Session, args: argparse.Namespace) -> int:
         session.out.write(f"{name}: {'-' if record[name] is None else record[name]}\n")
     session.out.write("\n")
     intervals = record["intervals"]
-    write_table(session.out, INTERVAL_COLUMNS, [[item[name] for name in INTERVAL_COLUMNS] for item in intervals])
+    columns = INTERVAL_COLUMNS + ("updated",)
+    rows = [[item[name] if item.get(name) is not None else "-" for name in columns] for item in intervals]
+    write_table(session.out, columns, rows)
     holdings = [
         [item["dc"], item["start"], server, figures["available"], figures["consumed"]]
         for item in intervals

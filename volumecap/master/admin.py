@@ -16,6 +16,7 @@ from volumecap.errors import UnknownCapError
 from volumecap.intervals import describe_cap, format_instant, parse_when, plan
 from volumecap.master.local import LocalHandler, format_time
 from volumecap.master.meta import MetaHandler
+from volumecap.master.remote import RemoteHandler, View
 from volumecap.master.state import Interval
 from volumecap.wire import admincommands
 
@@ -35,12 +36,18 @@ class AdminLocator(amp.CommandLocator):
     """
 
     def __init__(
-        self, meta: MetaHandler, local: LocalHandler, started: float, role: Callable[[], str]
+        self,
+        meta: MetaHandler,
+        local: LocalHandler,
+        started: float,
+        role: Callable[[], str],
+        remote: RemoteHandler | None = None,
     ) -> None:
         self.meta = meta
         self.local = local
         self.started = started
         self.role = role
+        self.remote = remote
 
     @property
     def state(self) -> Any:
@@ -78,8 +85,28 @@ class AdminLocator(amp.CommandLocator):
     @admincommands.ShowCap.responder
     def show_cap(self, id: str) -> dict[str, Any]:
         result = self._definition(id)
-        result["intervals"] = [self._interval(i) for i in self.state.intervals_of(id)]
+        intervals = [self._interval(i) for i in self.state.intervals_of(id)]
+        if self.remote is not None:
+            intervals += [
+                self._view(dc, start, view)
+                for (dc, cap_id, start), view in sorted(self.remote.views.items())
+                if cap_id == id and view.end > self.meta.clock.seconds() - self.meta.intervals.retention
+            ]
+        result["intervals"] = sorted(intervals, key=lambda item: (item["start"], item["dc"]))
         return result
+
+    def _view(self, dc: str, start: int, view: View) -> dict[str, Any]:
+        return {
+            "dc": dc,
+            "start": format_instant(start),
+            "end": format_instant(view.end),
+            "total": format_units(view.total, self.scale),
+            "available": format_units(view.available, self.scale),
+            "consumed": format_units(view.consumed, self.scale),
+            "state": "remote",
+            "updated": format_time(view.updated),
+            "servers": [],
+        }
 
     def _interval(self, interval: Interval) -> dict[str, Any]:
         units = self.scale
@@ -119,6 +146,11 @@ class AdminLocator(amp.CommandLocator):
             "truncated": len(spans) > PLAN_LIMIT,
         }
 
+    def _broker(self) -> str:
+        if self.remote is None:
+            return "none"
+        return "connected" if self.remote.messaging.connected else "disconnected"
+
     @admincommands.Status.responder
     def status(self) -> dict[str, Any]:
         state = self.state
@@ -140,5 +172,7 @@ class AdminLocator(amp.CommandLocator):
             "caps": len(state.caps),
             "intervals": sum(1 for _ in state.live_intervals()),
             "journal": state.seq,
+            "dcs": ",".join(self.meta.intervals.dcs),
+            "broker": self._broker(),
             "servers": servers,
         }

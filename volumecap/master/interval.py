@@ -69,7 +69,9 @@ class IntervalHandler(Service):
         """
         return split_shares(total, self.dcs)[self.ledger.state.dc]
 
-    def changes_for(self, cap_id: str, cap: CapDefinition | None, now: int) -> list[Record]:
+    def changes_for(
+        self, cap_id: str, cap: CapDefinition | None, now: int, reset: bool = False
+    ) -> list[Record]:
         """
         Return the records that make the intervals of C{cap_id} match C{cap}
         (L{None} for a deleted cap) at C{now}.
@@ -79,7 +81,8 @@ class IntervalHandler(Service):
         it had expired, and keeps its consumption: moving a cap's dates away
         and back never serves a period twice.  Intervals that are no longer
         wanted expire, so their figures stay visible; a deleted cap's
-        intervals are deleted.
+        intervals are deleted.  With C{reset}, for a new cap version, shares
+        are split afresh and the moves between data centers are forgotten.
         """
         existing = self.ledger.state.intervals_of(cap_id)
         if cap is None:
@@ -87,7 +90,6 @@ class IntervalHandler(Service):
         records: list[Record] = []
         kept: set[int] = set()
         for span in current_and_next(cap, now):
-            share = self.share(span.total)
             found = next((i for i in existing if i.start < span.end and span.start < i.end), None)
             if found is not None and found.start != span.start and span.start > now:
                 # The start moved inside a period that has not begun: nothing
@@ -96,15 +98,19 @@ class IntervalHandler(Service):
                 kept.add(found.start)
                 found = None
             if found is None:
+                share = self.share(span.total)
                 records.append(
                     {"type": "interval.create", "cap": cap_id, "start": span.start, "end": span.end, "total": share}
                 )
                 continue
             kept.add(found.start)
-            if found.expired or span.end != found.end or share != found.total:
-                records.append(
-                    {"type": "interval.update", "cap": cap_id, "start": found.start, "end": span.end, "total": share}
-                )
+            share = self.share(span.total) + (0 if reset else found.moved)
+            forget = reset and found.moved != 0
+            if found.expired or span.end != found.end or share != found.total or forget:
+                update = {"type": "interval.update", "cap": cap_id, "start": found.start, "end": span.end, "total": share}
+                if forget:
+                    update["reset"] = True
+                records.append(update)
         for interval in existing:
             if interval.start not in kept and not interval.expired:
                 records.append({"type": "interval.expire", "cap": cap_id, "start": interval.start})

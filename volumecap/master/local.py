@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -30,6 +30,9 @@ from volumecap.errors import NotJoinedError, UnknownIntervalError
 from volumecap.intervals import interval_name
 from volumecap.master.ledger import Ledger
 from volumecap.master.state import Interval, IntervalKey, Record
+
+if TYPE_CHECKING:
+    from volumecap.master.remote import RemoteHandler
 from volumecap.wire import mastercommands, servercommands
 
 DEFAULT_TOPUP_PERCENT = 10
@@ -76,6 +79,8 @@ class LocalHandler(Service):
         self.threshold_percent = threshold_percent
         self.recall_timeout = recall_timeout
         self.servers: dict[str, JoinedServer] = {}
+        # The remote handler, when this data center shares caps with others.
+        self.remote: RemoteHandler | None = None
         self._recalling: collections.Counter[IntervalKey] = collections.Counter()
         self._recall_ids = itertools.count(1)
         self._instance = uuid.uuid4().hex[:12]
@@ -227,17 +232,24 @@ class LocalHandler(Service):
 
         A repeated C{request} id gets the first grant again.  When the master
         has less than C{amount}, other servers are asked to return part of
-        what they hold before the grant is made.
+        what they hold, and other data centers for more, before the grant is
+        made.
         """
         units = decimal_to_units(amount, self.scale)
         interval = self._live(cap_id, start)
         if request in interval.requests or interval.available >= units:
             return self._grant(server, request, cap_id, start, units)
         wanted = units - max(0, interval.available)
+        waits = []
         recalled = self._recall(interval, wanted, exclude=server, share=True)
-        if recalled is None:
+        if recalled is not None:
+            waits.append(recalled)
+        if self.remote is not None:
+            waits.append(self.remote.request_more(interval, wanted))
+        if not waits:
             return self._grant(server, request, cap_id, start, units)
-        return recalled.addCallback(lambda _: self._grant(server, request, cap_id, start, units))
+        gathered = DeferredList(waits, consumeErrors=True)
+        return gathered.addCallback(lambda _: self._grant(server, request, cap_id, start, units))
 
     def _grant(
         self, server: str, request: str, cap_id: str, start: int, units: int
@@ -264,7 +276,10 @@ class LocalHandler(Service):
             server=server,
             request=request,
         )
-        return self.ledger.commit([record]).addCallback(lambda _: self._granted(interval, granted, server))
+        committed = self.ledger.commit([record])
+        if self.remote is not None:
+            committed.addCallback(lambda _: self.remote.check(interval) if self.remote is not None else None)
+        return committed.addCallback(lambda _: self._granted(interval, granted, server))
 
     def _grant_again(self, server: str, request: str, interval: Interval) -> "Deferred[dict[str, Decimal]]":
         """
@@ -309,6 +324,8 @@ class LocalHandler(Service):
         on its way back.
         """
         if interval.available > 0 or self._recalling[interval.key] > 0:
+            return False
+        if self.remote is not None and not self.remote.others_exhausted(interval):
             return False
         return not any(
             holding.available > 0 and name != server and name in self.servers

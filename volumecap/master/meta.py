@@ -16,7 +16,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from volumecap.errors import UnknownCapError
-from volumecap.intervals import CapDefinition, build_cap
+from volumecap.amounts import format_units
+from volumecap.intervals import CapDefinition, build_cap, format_instant
 from volumecap.master.interval import IntervalHandler
 from volumecap.master.ledger import Ledger
 from volumecap.master.state import Record
@@ -60,6 +61,15 @@ class MetaHandler(Service):
             return cap, CREATED
         return cap, UNCHANGED if existing == cap else UPDATED
 
+    def next_version(self, cap_id: str) -> list[Any]:
+        """
+        Return a version for a change made here: the time in milliseconds and
+        this data center, above every version the cap had.
+        """
+        latest = self.ledger.state.version(cap_id)
+        milliseconds = max(int(self.clock.seconds() * 1000), int(latest[0]) + 1)
+        return [milliseconds, self.ledger.state.dc]
+
     def set_cap(self, fields: Mapping[str, Any]) -> "Deferred[str]":
         """
         Create or replace a cap; fires with the outcome once it is durable.
@@ -67,19 +77,22 @@ class MetaHandler(Service):
         cap, outcome = self.check(fields)
         if outcome == UNCHANGED:
             return succeed(outcome)
-        now = int(self.clock.seconds())
-        records: list[Record] = [{"type": "cap.set", "cap": cap.to_record()}]
-        records += self.intervals.changes_for(cap.id, cap, now)
         self.log.info(
-            "Cap {cap} {outcome}: {interval} from {start} to {end}, total {total} units",
+            "Cap {cap} {outcome}: {interval} from {start} to {end}, total {total}",
             cap=cap.id,
             outcome=outcome,
             interval=cap.interval,
-            start=cap.start,
-            end=cap.end,
-            total=cap.total,
+            start=format_instant(cap.start),
+            end=format_instant(cap.end),
+            total=format_units(cap.total, self.ledger.scale),
         )
-        return self.ledger.commit(records).addCallback(lambda _: outcome)
+        return self._commit_set(cap, self.next_version(cap.id)).addCallback(lambda _: outcome)
+
+    def _commit_set(self, cap: CapDefinition, version: list[Any]) -> "Deferred[None]":
+        now = int(self.clock.seconds())
+        records: list[Record] = [{"type": "cap.set", "cap": cap.to_record(), "version": version}]
+        records += self.intervals.changes_for(cap.id, cap, now, reset=True)
+        return self.ledger.commit(records)
 
     def delete_cap(self, cap_id: str) -> "Deferred[None]":
         """
@@ -89,8 +102,35 @@ class MetaHandler(Service):
         """
         if cap_id not in self.ledger.state.caps:
             raise UnknownCapError(f"cap {cap_id!r} not found")
+        self.log.info("Cap {cap} deleted", cap=cap_id)
+        return self._commit_delete(cap_id, self.next_version(cap_id))
+
+    def _commit_delete(self, cap_id: str, version: list[Any]) -> "Deferred[None]":
         now = int(self.clock.seconds())
-        records: list[Record] = [{"type": "cap.delete", "id": cap_id}]
+        records: list[Record] = [{"type": "cap.delete", "id": cap_id, "version": version}]
         records += self.intervals.changes_for(cap_id, None, now)
-        self.log.info("Cap {cap} deleted with {count} live intervals", cap=cap_id, count=len(records) - 1)
         return self.ledger.commit(records)
+
+    def apply_remote(self, cap_id: str, cap: CapDefinition | None, version: list[Any]) -> "Deferred[bool]":
+        """
+        Apply a definition (or, for L{None}, a deletion) made in another data
+        center, if its version is newer than what this one has.
+
+        Concurrent changes resolve the same way everywhere: the higher
+        C{[milliseconds, data center]} version wins.
+
+        @return: a Deferred firing with whether anything changed, once durable.
+        """
+        state = self.ledger.state
+        if list(version) <= state.version(cap_id):
+            return succeed(False)
+        if cap is None:
+            if cap_id not in state.caps:
+                committed = self.ledger.commit([{"type": "cap.delete", "id": cap_id, "version": list(version)}])
+            else:
+                committed = self._commit_delete(cap_id, list(version))
+            self.log.info("Cap {cap} deleted in data center {dc}", cap=cap_id, dc=version[1])
+        else:
+            committed = self._commit_set(cap, list(version))
+            self.log.info("Cap {cap} set in data center {dc}", cap=cap_id, dc=version[1])
+        return committed.addCallback(lambda _: True)

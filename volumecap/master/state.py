@@ -8,9 +8,22 @@ the master had, and a replica fed the same records holds the same state.
 
 Record types:
 
- - C{cap.set} C{{cap}} and C{cap.delete} C{{id}}: meta changes.
+ - C{cap.set} C{{cap, version}} and C{cap.delete} C{{id, version}}: meta
+   changes.  A version is C{[milliseconds, data center]}; the higher one
+   wins between data centers, and a deleted cap leaves a tombstone with its
+   version so an older definition arriving late cannot bring it back.
  - C{interval.create} and C{interval.update} C{{cap, start, end, total}}: the
-   update moves C{available} by the change of C{total}.
+   update moves C{available} by the change of C{total}.  With C{reset}, it
+   also forgets the moves between data centers, because a new cap version
+   splits the total afresh.
+ - C{remote.request} C{{request, dc, cap, start, amount, version}}: this
+   data center asked data center C{dc} for more of an interval.
+ - C{remote.received} C{{request, cap, start, amount}}: the answer to a
+   request, applied once: the interval's share grows by C{amount}.
+ - C{remote.give} C{{request, dc, cap, start, amount}}: this data center
+   moved part of its share to data center C{dc}.
+ - C{seq.reserve} C{{upto}}: message sequence numbers up to C{upto} may be
+   used, so numbers keep rising across restarts.
  - C{interval.delete} and C{interval.expire} C{{cap, start}}, C{interval.purge}.
  - C{grant} and C{return} C{{cap, start, server, request, amount, at}}: a
    slice moving from the master to a server and back.
@@ -59,6 +72,8 @@ class Interval:
     One interval of a cap in this data center.
 
     @ivar total: this data center's share of the interval total, in units.
+    @ivar moved: units received from other data centers minus units given
+        to them since the cap's version last changed.
     @ivar available: units not handed out to any server.  It is negative
         after a lowered total until recalls bring it back.
     @ivar requests: the amount applied for each grant or return request id,
@@ -71,6 +86,7 @@ class Interval:
     end: int
     total: int
     available: int
+    moved: int = 0
     expired: bool = False
     written_off: int = 0
     holdings: dict[str, Holding] = field(default_factory=dict)
@@ -96,8 +112,19 @@ class MasterState:
     def __init__(self, dc: str) -> None:
         self.dc = dc
         self.caps: dict[str, CapDefinition] = {}
+        self.versions: dict[str, list[Any]] = {}
+        self.tombstones: dict[str, list[Any]] = {}
         self.intervals: dict[IntervalKey, Interval] = {}
+        self.remote_requests: dict[str, Record] = {}
+        self.seq_reserved = 0
         self.seq = 0
+
+    def version(self, cap_id: str) -> list[Any]:
+        """
+        Return the version of a cap's definition or of its deletion, or
+        C{[0, ""]} for a cap this data center never saw.
+        """
+        return self.versions.get(cap_id) or self.tombstones.get(cap_id) or [0, ""]
 
     def interval(self, cap_id: str, start: int) -> Interval | None:
         return self.intervals.get((cap_id, start))
@@ -127,9 +154,13 @@ class MasterState:
     def _apply_cap_set(self, record: Record) -> None:
         cap = CapDefinition.from_record(record["cap"])
         self.caps[cap.id] = cap
+        self.versions[cap.id] = list(record.get("version") or [0, self.dc])
+        self.tombstones.pop(cap.id, None)
 
     def _apply_cap_delete(self, record: Record) -> None:
         self.caps.pop(record["id"], None)
+        self.versions.pop(record["id"], None)
+        self.tombstones[record["id"]] = list(record.get("version") or [0, self.dc])
 
     def _apply_interval_create(self, record: Record) -> None:
         key = (record["cap"], record["start"])
@@ -147,6 +178,8 @@ class MasterState:
         interval.available += record["total"] - interval.total
         interval.total = record["total"]
         interval.end = record["end"]
+        if record.get("reset"):
+            interval.moved = 0
         # An update can revive an expired interval when a cap's end moves later.
         interval.expired = False
 
@@ -176,6 +209,28 @@ class MasterState:
         interval.holding(record["server"]).granted -= record["amount"]
         interval.requests[record["request"]] -= record["amount"]
 
+    def _apply_remote_request(self, record: Record) -> None:
+        self.remote_requests[record["request"]] = dict(record)
+
+    def _apply_remote_received(self, record: Record) -> None:
+        self.remote_requests.pop(record["request"], None)
+        interval = self.intervals.get((record["cap"], record["start"]))
+        if interval is not None and record["amount"]:
+            interval.total += record["amount"]
+            interval.available += record["amount"]
+            interval.moved += record["amount"]
+            interval.requests[record["request"]] = record["amount"]
+
+    def _apply_remote_give(self, record: Record) -> None:
+        interval = self.intervals[(record["cap"], record["start"])]
+        interval.total -= record["amount"]
+        interval.available -= record["amount"]
+        interval.moved -= record["amount"]
+        interval.requests[record["request"]] = record["amount"]
+
+    def _apply_seq_reserve(self, record: Record) -> None:
+        self.seq_reserved = max(self.seq_reserved, record["upto"])
+
     def _apply_writeoff(self, record: Record) -> None:
         interval = self.intervals[(record["cap"], record["start"])]
         interval.holding(record["server"]).granted -= record["amount"]
@@ -201,6 +256,10 @@ class MasterState:
             "dc": self.dc,
             "seq": self.seq,
             "caps": [cap.to_record() for cap in self.caps.values()],
+            "versions": self.versions,
+            "tombstones": self.tombstones,
+            "remote_requests": self.remote_requests,
+            "seq_reserved": self.seq_reserved,
             "intervals": [
                 {
                     "cap": i.cap_id,
@@ -208,6 +267,7 @@ class MasterState:
                     "end": i.end,
                     "total": i.total,
                     "available": i.available,
+                    "moved": i.moved,
                     "expired": i.expired,
                     "written_off": i.written_off,
                     "holdings": {
@@ -227,7 +287,10 @@ class MasterState:
         state = cls(snapshot["dc"])
         state.seq = snapshot["seq"]
         for cap in snapshot["caps"]:
-            state._apply_cap_set({"cap": cap})
+            state._apply_cap_set({"cap": cap, "version": snapshot.get("versions", {}).get(cap["id"])})
+        state.tombstones = dict(snapshot.get("tombstones", {}))
+        state.remote_requests = dict(snapshot.get("remote_requests", {}))
+        state.seq_reserved = snapshot.get("seq_reserved", 0)
         for item in snapshot["intervals"]:
             interval = Interval(
                 dc=state.dc,
@@ -236,6 +299,7 @@ class MasterState:
                 end=item["end"],
                 total=item["total"],
                 available=item["available"],
+                moved=item.get("moved", 0),
                 expired=item["expired"],
                 written_off=item["written_off"],
                 holdings={name: Holding(*pair) for name, pair in item["holdings"].items()},

@@ -92,6 +92,7 @@ _INTERVAL_FIELDS = [
     (b"available", amp.Unicode()),
     (b"consumed", amp.Unicode()),
     (b"state", amp.Unicode()),
+    (b"updated", amp.Unicode(optional=True)),
     (b"servers", amp.AmpList(_SERVER_FIELDS)),
 ]
 
@@ -99,7 +100,9 @@ _INTERVAL_FIELDS = [
 class ShowCap(amp.Command):
     """
     Return a cap's definition and the intervals the master keeps, with what
-    each server holds and has consumed.
+    each server holds and has consumed.  Intervals of other data centers
+    come from their latest figures: their C{state} is C{remote} and
+    C{updated} says when the figures arrived.
 
     NOTE: the intervals go in one AMP value, which holds about 800 server
     entries; a cap served by more servers over its retained intervals fails
@@ -132,6 +135,9 @@ class Status(amp.Command):
     Return the master's role, data center, figures and joined servers.
 
     C{intervals} counts live intervals and C{journal} the journal's records.
+    C{dcs} lists the data centers that share caps, comma-separated, and
+    C{broker} is C{connected}, C{disconnected} or C{none} for a data center
+    alone.
     Each server's C{holdings} is the number of live intervals of which it
     holds an unconsumed part.
     """
@@ -147,6 +153,8 @@ class Status(amp.Command):
         (b"caps", amp.Integer()),
         (b"intervals", amp.Integer()),
         (b"journal", amp.Integer()),
+        (b"dcs", amp.Unicode()),
+        (b"broker", amp.Unicode()),
         (
             b"servers",
             amp.AmpList(
