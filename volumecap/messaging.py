@@ -154,15 +154,18 @@ class MemoryBroker:
         for queue in targets:
             queue.ready.append(_Queued(next(self._numbers), routing_key, body))
 
-    def deliver(self, limit: int = 100_000) -> int:
+    def deliver(self, only: str | None = None, limit: int = 100_000) -> int:
         """
-        Hand ready messages to their consumers, and return how many moved.
+        Hand ready messages to their consumers, only those of data center
+        C{only} when given, and return how many moved.
         """
         moved = 0
         progress = True
         while progress and moved < limit:
             progress = False
             for queue in self.queues.values():
+                if only is not None and queue.name != only:
+                    continue
                 consumer = queue.consumer
                 if consumer is None or not consumer.connected or not queue.ready:
                     continue
