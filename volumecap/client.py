@@ -91,18 +91,25 @@ def _holding(response: dict[str, Any]) -> Holding:
 
 def _results(response: dict[str, Any]) -> list[ConsumeResult]:
     results: list[ConsumeResult] = []
-    for item in response["results"]:
-        if item.get("error") is None:
-            results.append(Decimal(item["remaining"]))
+    for remaining, code, message in zip(response["remaining"], response["errors"], response["messages"]):
+        if not code:
+            results.append(Decimal(remaining))
         else:
-            error = _ERRORS_BY_CODE.get(item["error"], UnavailableError)
-            results.append(error(item.get("message") or item["error"]))
+            error = _ERRORS_BY_CODE.get(code, UnavailableError)
+            results.append(error(message or code))
     return results
 
 
-def _batches(pairs: Iterable[tuple[str, AmountLike]]) -> list[list[dict[str, str]]]:
-    items = [{"cap": cap_id, "amount": wire_amount(amount)} for cap_id, amount in pairs]
-    return [items[offset : offset + MAX_BATCH] for offset in range(0, len(items), MAX_BATCH)]
+def _batches(pairs: Iterable[tuple[str, AmountLike]]) -> list[dict[str, list[str]]]:
+    caps: list[str] = []
+    amounts: list[str] = []
+    for cap_id, amount in pairs:
+        caps.append(cap_id)
+        amounts.append(wire_amount(amount))
+    return [
+        {"caps": caps[offset : offset + MAX_BATCH], "amounts": amounts[offset : offset + MAX_BATCH]}
+        for offset in range(0, len(caps), MAX_BATCH)
+    ]
 
 
 def _call_remote(
@@ -219,7 +226,7 @@ class VolumecapClient:
             batches = _batches(pairs)
         except InvalidAmountError:
             return fail()
-        calls = [self._call(ConsumeMany, items=batch).addCallback(_results) for batch in batches]
+        calls = [self._call(ConsumeMany, **batch).addCallback(_results) for batch in batches]
         gathered = gatherResults(calls, consumeErrors=True)
         gathered.addErrback(_first_failure)
         return gathered.addCallback(lambda lists: [result for results in lists for result in results])
@@ -298,7 +305,7 @@ class BlockingClient:
         """
         results: list[ConsumeResult] = []
         for batch in _batches(pairs):
-            results.extend(_results(self._call(ConsumeMany, items=batch)))
+            results.extend(_results(self._call(ConsumeMany, **batch)))
         return results
 
     def query(self, cap_id: str) -> Holding:

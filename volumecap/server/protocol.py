@@ -16,8 +16,19 @@ from volumecap.server.service import VolumecapServer
 from volumecap.wire import clientcommands
 
 
-def _error_result(error: VolumecapError) -> dict[str, str]:
-    return {"error": AMP_ERRORS[type(error)].decode("ascii"), "message": str(error)}
+def _error_code(error: VolumecapError) -> str:
+    return AMP_ERRORS[type(error)].decode("ascii")
+
+
+def _fill(units: int, remaining: list[str], index: int, scale: int) -> None:
+    remaining[index] = format_units(units, scale)
+
+
+def _fill_error(failure: Any, errors: list[str], messages: list[str], index: int) -> None:
+    error = failure.value
+    if not isinstance(error, VolumecapError) or type(error) not in AMP_ERRORS:
+        error = UnavailableError(f"internal error: {failure.getErrorMessage()}")
+    errors[index], messages[index] = _error_code(error), str(error)
 
 
 class ApplicationLocator(amp.CommandLocator):
@@ -43,40 +54,33 @@ class ApplicationLocator(amp.CommandLocator):
         return remaining.addCallback(lambda units: {"remaining": format_units(units, scale)})
 
     @clientcommands.ConsumeMany.responder
-    def consume_many(self, items: list[dict[str, str]]) -> "dict[str, Any] | Deferred[dict[str, Any]]":
-        if len(items) > clientcommands.MAX_BATCH:
-            raise InvalidAmountError(
-                f"batch of {len(items)} pairs is larger than {clientcommands.MAX_BATCH}; split it"
-            )
+    def consume_many(self, caps: list[str], amounts: list[str]) -> "dict[str, Any] | Deferred[dict[str, Any]]":
+        if len(caps) != len(amounts):
+            raise InvalidAmountError(f"{len(caps)} caps but {len(amounts)} amounts; send one amount per cap")
+        if len(caps) > clientcommands.MAX_BATCH:
+            raise InvalidAmountError(f"batch of {len(caps)} pairs is larger than {clientcommands.MAX_BATCH}; split it")
         scale = self._scale()
-        results: list[dict[str, str]] = []
-        waiting: list[Deferred[None]] = []
-        for item in items:
+        remaining = [""] * len(caps)
+        errors = [""] * len(caps)
+        messages = [""] * len(caps)
+        waiting: list[Deferred[Any]] = []
+        for index, (cap, amount) in enumerate(zip(caps, amounts)):
             try:
-                remaining = self.server.consume(item["cap"], parse_units(item["amount"], scale))
+                outcome = self.server.consume(cap, parse_units(amount, scale))
             except VolumecapError as error:
-                results.append(_error_result(error))
+                errors[index], messages[index] = _error_code(error), str(error)
                 continue
-            if isinstance(remaining, int):
-                results.append({"remaining": format_units(remaining, scale)})
+            if isinstance(outcome, int):
+                remaining[index] = format_units(outcome, scale)
             else:
-                slot: dict[str, str] = {}
-                results.append(slot)
-                waiting.append(remaining.addCallbacks(self._fill, self._fill_error, (slot, scale), errbackArgs=(slot,)))
+                outcome.addCallbacks(
+                    _fill, _fill_error, callbackArgs=(remaining, index, scale), errbackArgs=(errors, messages, index)
+                )
+                waiting.append(outcome)
+        response = {"remaining": remaining, "errors": errors, "messages": messages}
         if not waiting:
-            return {"results": results}
-        return gatherResults(waiting).addCallback(lambda _: {"results": results})
-
-    @staticmethod
-    def _fill(units: int, slot: dict[str, str], scale: int) -> None:
-        slot["remaining"] = format_units(units, scale)
-
-    @staticmethod
-    def _fill_error(failure: Any, slot: dict[str, str]) -> None:
-        error = failure.value
-        if not isinstance(error, VolumecapError) or type(error) not in AMP_ERRORS:
-            error = UnavailableError(f"internal error: {failure.getErrorMessage()}")
-        slot.update(_error_result(error))
+            return response
+        return gatherResults(waiting).addCallback(lambda _: response)
 
     @clientcommands.Query.responder
     def query(self, cap: str) -> dict[str, Any]:

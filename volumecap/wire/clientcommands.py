@@ -38,25 +38,22 @@ class Consume(amp.Command):
 
 class ConsumeMany(amp.Command):
     """
-    Consume several independent C{(cap, amount)} pairs in one round trip.
+    Consume several independent pairs C{(caps[i], amounts[i])} in one round
+    trip.
 
-    Each result has either C{remaining} or an C{error} code (a key of
-    L{CONSUME_ERRORS}'s values) with a C{message}; one pair failing changes
-    nothing for the others.
+    The response has one entry per pair in each list: C{remaining[i]} is the
+    amount the server still holds, or empty when the pair failed, and then
+    C{errors[i]} is the error code (one of L{CONSUME_ERRORS}'s values) and
+    C{messages[i]} its text.  One pair failing changes nothing for the
+    others.  Flat lists rather than an C{AmpList} of boxes keep encoding and
+    parsing cheap: several times faster for a batch of 100.
     """
 
-    arguments = [(b"items", amp.AmpList([(b"cap", amp.Unicode()), (b"amount", amp.Unicode())]))]
+    arguments = [(b"caps", amp.ListOf(amp.Unicode())), (b"amounts", amp.ListOf(amp.Unicode()))]
     response = [
-        (
-            b"results",
-            amp.AmpList(
-                [
-                    (b"remaining", amp.Unicode(optional=True)),
-                    (b"error", amp.Unicode(optional=True)),
-                    (b"message", amp.Unicode(optional=True)),
-                ]
-            ),
-        )
+        (b"remaining", amp.ListOf(amp.Unicode())),
+        (b"errors", amp.ListOf(amp.Unicode())),
+        (b"messages", amp.ListOf(amp.Unicode())),
     ]
     errors = {InvalidAmountError: AMP_ERRORS[InvalidAmountError]}
 
