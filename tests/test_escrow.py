@@ -5,6 +5,7 @@ Escrow between one master and its servers, in process on a Clock.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -376,3 +377,40 @@ def test_invalid_amount_changes_nothing(master: MasterRig, amount: object) -> No
     with pytest.raises(InvalidAmountError):
         locator.consume("c", str(amount))
     assert (server.held("c").available, server.held("c").consumed, master.state.seq) == before
+
+
+def test_consume_fast_path(master: MasterRig) -> None:
+    """
+    Consume boxes answered by the application protocol's fast path reach an
+    AMP client as the command's response or its typed errors, the slow path
+    included.
+    """
+    from twisted.protocols import amp
+    from twisted.test import iosim
+
+    from volumecap.server.protocol import ApplicationFactory
+    from volumecap.wire.clientcommands import Consume, Query
+
+    master.set_cap(id="c", total=1000)
+    server = ServerRig("s1", master)
+    application = ApplicationFactory(server.server).buildProtocol(None)
+    client = amp.AMP()
+    pump = iosim.connect(
+        application, iosim.makeFakeServer(application), client, iosim.makeFakeClient(client), greet=False
+    )
+    master.network.pumps.append(pump)
+
+    def call(command: type[amp.Command], **arguments: str) -> Any:
+        results: list[Any] = []
+        client.callRemote(command, **arguments).addBoth(results.append)
+        for _ in range(5):
+            master.network.flush()
+        assert results, "no answer"
+        return results[0]
+
+    assert call(Consume, cap="c", amount="1") == {"remaining": "99.00"}
+    assert call(Consume, cap="c", amount="500") == {"remaining": "0.00"}
+    assert call(Query, cap="c")["consumed"] == "501.00"
+    assert call(Consume, cap="nope", amount="1").check(UnknownCapError)
+    assert call(Consume, cap="c", amount="0.001").check(InvalidAmountError)
+    assert call(Consume, cap="c", amount="600").check(CappedError)

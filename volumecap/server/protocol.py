@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
@@ -94,6 +95,71 @@ class ApplicationLocator(amp.CommandLocator):
         }
 
 
+class ApplicationProtocol(amp.AMP):
+    """
+    AMP for one application connection, with a fast path for C{Consume}.
+
+    Twisted's command machinery (argument parsing, Deferreds, response
+    building) cost about half of the server's time per consume in profiles,
+    so C{Consume} boxes are read and answered here directly, with the same
+    wire format and error codes.  Every other command, and a malformed
+    C{Consume}, goes through the machinery and the locator.
+    """
+
+    def __init__(self, locator: ApplicationLocator) -> None:
+        super().__init__(locator=locator)
+        self._server = locator.server
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        if box.get(amp.COMMAND) != b"Consume" or amp.ASK not in box:
+            super().ampBoxReceived(box)
+            return
+        try:
+            cap = box[b"cap"].decode("utf-8")
+            amount = box[b"amount"].decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            super().ampBoxReceived(box)
+            return
+        tag = box[amp.ASK]
+        scale = self._server.scale
+        try:
+            if scale is None:
+                raise UnavailableError("this server has not yet joined a master")
+            outcome = self._server.consume(cap, parse_units(amount, scale))
+        except VolumecapError as error:
+            self._send_error(tag, error)
+            return
+        if isinstance(outcome, int):
+            self._send_remaining(outcome, tag, scale)
+            return
+        outcome.addCallbacks(self._send_remaining, self._send_failure, (tag,), {"scale": scale}, (tag,))
+
+    def _send(self, box: amp.AmpBox) -> None:
+        # As AMP does for its own answers: a connection that is gone gets no
+        # answer, and the consume stands.
+        try:
+            box._sendTo(self.boxSender)
+        except (amp.ProtocolSwitched, ConnectionLost):
+            pass
+
+    def _send_remaining(self, units: int, tag: bytes, scale: int) -> None:
+        self._send(amp.AmpBox({amp.ANSWER: tag, b"remaining": format_units(units, scale).encode("ascii")}))
+
+    def _send_failure(self, failure: Any, tag: bytes) -> None:
+        error = failure.value
+        if not isinstance(error, VolumecapError) or type(error) not in AMP_ERRORS:
+            error = UnavailableError(f"internal error: {failure.getErrorMessage()}")
+        self._send_error(tag, error)
+
+    def _send_error(self, tag: bytes, error: VolumecapError) -> None:
+        box = {
+            amp.ERROR: tag,
+            amp.ERROR_CODE: AMP_ERRORS[type(error)],
+            amp.ERROR_DESCRIPTION: str(error).encode("utf-8"),
+        }
+        self._send(amp.AmpBox(box))
+
+
 class ApplicationFactory(Factory):
     """
     Builds one AMP protocol per application connection.
@@ -102,5 +168,5 @@ class ApplicationFactory(Factory):
     def __init__(self, server: VolumecapServer) -> None:
         self.locator = ApplicationLocator(server)
 
-    def buildProtocol(self, addr: Any) -> amp.AMP:
-        return amp.AMP(locator=self.locator)
+    def buildProtocol(self, addr: Any) -> ApplicationProtocol:
+        return ApplicationProtocol(self.locator)

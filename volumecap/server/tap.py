@@ -4,6 +4,7 @@ C{twistd volumecap-server}: options and the server's service tree.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from typing import Any
@@ -106,4 +107,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     listener = StreamServerEndpointService(serverFromString(reactor, settings["listen"]), ApplicationFactory(server))
     listener.setName("listener")
     listener.setServiceParent(top)
+    # The objects made at start-up live as long as the process; keeping them
+    # out of later garbage collections shortens the pauses that stall every
+    # consume (a full collection took tens of milliseconds in measurements).
+    reactor.callWhenRunning(gc.freeze)
     return top
