@@ -27,6 +27,10 @@ MASTER_DEFAULTS = {
     "threshold_percent": 10,
     "recall_timeout": 0.2,
     "retention": 604800.0,
+    "dcs": (),
+    "amqp": "amqp://guest@127.0.0.1:5672/",
+    "amqp_spec": "/usr/share/amqp/specs/0-9-1-rabbit/amqp0-9-1.stripped.extended.xml",
+    "amqp_exchange": "volumecap",
 }
 
 SERVER_DEFAULTS = {
@@ -80,6 +84,26 @@ def test_server_defaults() -> None:
     With no options and no file, the server uses its documented defaults.
     """
     assert server_settings() == SERVER_DEFAULTS
+
+
+def test_dcs_parsed() -> None:
+    """
+    --dcs takes comma-separated names and must include this data center.
+    """
+    settings = master_settings("--dc", "b", "--dcs", "a, b,c", "--amqp", "amqp://guest:guest@127.0.0.1:5672/")
+    assert settings["dcs"] == ("a", "b", "c")
+    assert "does not include this data center 'dc1'" in master_error("--dcs", "a,b")
+    assert "repeat" in master_error("--dc", "a", "--dcs", "a,a")
+    assert "invalid data center name 'a b'" in master_error("--dc", "a", "--dcs", "a,a b")
+
+
+def test_amqp_url_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A data center sharing caps needs a valid RabbitMQ URL with a password.
+    """
+    monkeypatch.delenv("VOLUMECAP_AMQP_PASSWORD", raising=False)
+    assert "invalid --amqp" in master_error("--dc", "a", "--dcs", "a,b", "--amqp", "http://example")
+    assert "VOLUMECAP_AMQP_PASSWORD" in master_error("--dc", "a", "--dcs", "a,b", "--amqp", "amqp://guest@127.0.0.1/")
 
 
 def test_server_name_from_port() -> None:

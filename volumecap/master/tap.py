@@ -5,6 +5,7 @@ C{twistd volumecap-master}: options and the master's service tree.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -20,7 +21,9 @@ from volumecap.master.interval import DEFAULT_RETENTION, IntervalHandler
 from volumecap.master.ledger import Ledger, LedgerService
 from volumecap.master.local import DEFAULT_RECALL_TIMEOUT, LocalHandler
 from volumecap.master.meta import MetaHandler
+from volumecap.amqp import DEFAULT_SPEC_PATH, AMQPMessaging, parse_amqp_url
 from volumecap.master.protocol import MasterFactory
+from volumecap.master.remote import RemoteHandler
 from volumecap.store import DATABASE_NAME, Journal, StoreMismatchError
 
 
@@ -39,8 +42,33 @@ def _seconds(text: str) -> float:
     return positive_number(text)
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
+def _dc_name(text: str) -> str:
+    if not _NAME.fullmatch(text):
+        raise ValueError(
+            f"invalid data center name {text!r}: use letters, digits, '-' and '_', "
+            f"starting with a letter or digit, at most 63 characters"
+        )
+    return text
+
+
+def _dc_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        _dc_name(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"data center names repeat in {text!r}")
+    return names
+
+
 SETTINGS = [
-    Setting("dc", "dc1", nonempty, "Name of this data center."),
+    Setting("dc", "dc1", _dc_name, "Name of this data center."),
+    Setting("dcs", (), _dc_names, "Comma-separated names of all data centers sharing the caps, this one included; empty for one alone."),
+    Setting("amqp", "amqp://guest@127.0.0.1:5672/", nonempty, "RabbitMQ URL amqp://user[:password]@host:port/vhost; the password may come from $VOLUMECAP_AMQP_PASSWORD."),
+    Setting("amqp_spec", DEFAULT_SPEC_PATH, nonempty, "AMQP 0-9-1 specification file for txAMQP (Debian package amqp-specs)."),
+    Setting("amqp_exchange", "volumecap", _dc_name, "Name of the RabbitMQ exchange; queues are named after it."),
     Setting("listen", "tcp:7100:interface=127.0.0.1", nonempty, "Endpoint for servers and the volumecap command."),
     Setting("data_dir", "./run/master", nonempty, "Directory of the master's SQLite database."),
     Setting("timezone", "UTC", _timezone, "Default IANA time zone of caps defined without one."),
@@ -61,6 +89,16 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self.settings = merge(self, SETTINGS)
+        dcs = self.settings["dcs"]
+        if dcs and self.settings["dc"] not in dcs:
+            raise usage.UsageError(
+                f"--dcs {','.join(dcs)} does not include this data center {self.settings['dc']!r}; add it"
+            )
+        if len(dcs) > 1:
+            try:
+                parse_amqp_url(self.settings["amqp"], os.environ)
+            except ValueError as error:
+                raise usage.UsageError(f"invalid --amqp: {error}")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -82,7 +120,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         raise usage.UsageError(str(error))
     ledger = Ledger(state, journal, settings["scale"])
 
-    intervals = IntervalHandler(ledger, reactor, retention=settings["retention"])
+    intervals = IntervalHandler(ledger, reactor, dcs=settings["dcs"], retention=settings["retention"])
     meta = MetaHandler(ledger, intervals, reactor, settings["timezone"])
     local = LocalHandler(
         ledger,
@@ -91,16 +129,46 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         threshold_percent=settings["threshold_percent"],
         recall_timeout=settings["recall_timeout"],
     )
-    admin = AdminLocator(meta, local, reactor.seconds(), role=lambda: "primary")
+    remote, messaging = _remote(settings, ledger, meta, local, reactor)
+    admin = AdminLocator(meta, local, reactor.seconds(), role=lambda: "primary", remote=remote)
 
     top = MultiService()
     LedgerService(ledger, reactor).setServiceParent(top)
     meta.setServiceParent(top)
     intervals.setServiceParent(top)
     local.setServiceParent(top)
+    # The remote handler registers for deliveries before the broker
+    # connection starts, and the connection stops first.
+    if remote is not None and messaging is not None:
+        remote.setServiceParent(top)
+        messaging.setServiceParent(top)
     listener = StreamServerEndpointService(
         serverFromString(reactor, settings["listen"]), MasterFactory(local, admin)
     )
     listener.setName("listener")
     listener.setServiceParent(top)
     return top
+
+
+def _remote(
+    settings: dict[str, Any], ledger: Ledger, meta: MetaHandler, local: LocalHandler, reactor: Any
+) -> tuple[RemoteHandler | None, AMQPMessaging | None]:
+    """
+    Build the remote handler and its broker connection, when this data
+    center shares caps with others.
+    """
+    if len(settings["dcs"]) < 2:
+        return None, None
+    try:
+        messaging = AMQPMessaging(
+            reactor,
+            settings["amqp"],
+            settings["dc"],
+            exchange=settings["amqp_exchange"],
+            spec_path=settings["amqp_spec"],
+        )
+    except (OSError, ValueError) as error:
+        raise usage.UsageError(str(error))
+    remote = RemoteHandler(ledger, meta, messaging, reactor, settings["dcs"], local.topup_units)
+    local.remote = remote
+    return remote, messaging
