@@ -3,18 +3,19 @@ A volumecap server's connection to its master.
 
 L{MasterLink} keeps one AMP connection open through Twisted's
 L{ClientService}, which reconnects with jittered exponential backoff and
-never gives up.  A new connection is handed out only after the server has
-joined and fetched every live interval, so a connection in use is always a
-synchronised one.
+never gives up.  On each new connection the server joins and fetches every
+live interval; only then does the connection become L{MasterLink.protocol},
+so commands always go over a synchronised connection.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, cast
+from typing import Any, Callable, Protocol
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.error import ConnectionClosed
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -94,26 +95,43 @@ class MasterLink(ClientService):
         self.protocol: amp.AMP | None = None
         self._connecting: MasterProtocol | None = None
         self._fresh = True
+        self._joined_waiters: list[Deferred[None]] = []
         factory = Factory.forProtocol(lambda: MasterProtocol(locator, self._connection_made, self._connection_lost))
+        # The join runs on each new connection rather than as ClientService's
+        # prepareConnection step: on Twisted 26.10 a connection lost during
+        # that step makes ClientService log an unhandled NoTransition error.
         super().__init__(
             endpoint,
             factory,
             retryPolicy=retry_policy or backoffPolicy(initialDelay=0.2, maxDelay=5.0),
             clock=clock,
-            prepareConnection=self._join,
         )
         self.setName("master-link")
 
     def _connection_made(self, protocol: MasterProtocol) -> None:
         self._connecting = protocol
+        self._join(protocol).addErrback(self._join_failed, protocol)
+
+    def _join_failed(self, failure: Failure, protocol: MasterProtocol) -> None:
+        if protocol.transport is None:
+            return
+        if not failure.check(ConnectionClosed):
+            self.log.failure("Joining the master failed; reconnecting", failure)
+        protocol.transport.loseConnection()
+
+    def when_joined(self) -> "Deferred[None]":
+        """
+        Return a Deferred that fires once the server has joined a master.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self.protocol is not None:
+            waiter.callback(None)
+        else:
+            self._joined_waiters.append(waiter)
+        return waiter
 
     @inlineCallbacks
-    def _join(self, proxy: IProtocol) -> Any:
-        # ClientService passes a proxy of the protocol; the connection-lost
-        # notice names the protocol itself, so keep that one.  The proxy
-        # forwards attribute access to that MasterProtocol, an AMP.
-        raw = self._connecting
-        protocol = cast(amp.AMP, proxy)
+    def _join(self, protocol: MasterProtocol) -> Any:
         joined = yield protocol.callRemote(servercommands.Join, server=self.server_name, fresh=self._fresh)
         self.listener.syncing(joined["dc"], joined["scale"])
         intervals: list[dict[str, Any]] = []
@@ -125,7 +143,7 @@ class MasterLink(ClientService):
             if intervals:
                 after_cap, after_start = intervals[-1]["cap"], intervals[-1]["start"]
         self._fresh = False
-        self.protocol = raw
+        self.protocol = protocol
         self.log.info(
             "Joined master of {dc} as {server}: {count} intervals",
             dc=joined["dc"],
@@ -133,6 +151,9 @@ class MasterLink(ClientService):
             count=len(intervals),
         )
         yield self.listener.joined(intervals)
+        waiters, self._joined_waiters = self._joined_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _connection_lost(self, protocol: MasterProtocol) -> None:
         if protocol is self.protocol:

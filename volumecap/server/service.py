@@ -145,7 +145,7 @@ class VolumecapServer(MultiService):
         if self._reports.running:
             self._reports.stop()
         if self.link.protocol is None and self.synced:
-            waiting = self.link.whenConnected()
+            waiting = self.link.when_joined()
             waiting.addTimeout(STOP_TIMEOUT, self.clock)
             yield waiting.addErrback(lambda failure: None)
             # Leave ClientService's callback first: stopping it from inside
