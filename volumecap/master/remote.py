@@ -8,8 +8,8 @@ Through an L{IMessaging} broker it
  - publishes the figures of this data center's intervals and keeps the
    newest figures of the others (a higher sequence number wins, so
    reordered updates cannot roll a view back);
- - asks the data center with the most spare capacity for more of an
-   interval when this one runs low, and answers such requests.
+ - requests more of an interval from the data center with the most spare
+   capacity when this one runs low, and grants such requests.
 
 A request has an id.  The requester journals it before sending and sends it
 again until an answer arrives; it applies the first answer for an id and
@@ -69,9 +69,9 @@ class RemoteHandler(Service):
     Cap changes, interval figures and top-ups between data centers.
 
     @param dcs: every data center, this one included.
-    @param topup_units: returns the top-up size of an interval; a data
-        center asks for more when its available falls below it, and asks
-        for twice as much.
+    @param topup_units: returns the top-up size of an interval.  A data
+        center requests more when its available falls below one top-up, and
+        requests two top-ups.
     @param state_interval: seconds between publications of changed figures.
     @param retry_interval: seconds before an unanswered request goes again.
     @param request_timeout: seconds a waiting top-up waits for an answer.
@@ -165,8 +165,8 @@ class RemoteHandler(Service):
 
     def connected(self) -> None:
         """
-        Publish everything this data center knows, and send unanswered
-        requests again.
+        Publish every cap and interval figure this data center has, and send
+        unanswered requests again.
         """
         self.log.info("Data center {dc} connected to the broker; publishing caps and figures", dc=self.dc)
         self.publish_caps(sorted(set(self.state.caps) | set(self.state.tombstones)))
@@ -334,8 +334,8 @@ class RemoteHandler(Service):
 
     def others_exhausted(self, interval: Interval) -> bool:
         """
-        Return whether, as far as this data center knows, no other data
-        center has anything left of C{interval} and no request is open.
+        Return whether, by the latest figures this data center has, no other
+        data center has anything left of C{interval} and no request is open.
         """
         if self.pending_for(interval) is not None:
             return False
@@ -371,7 +371,7 @@ class RemoteHandler(Service):
         Ask the data center with the most spare capacity for at least
         C{wanted} more of C{interval}.
 
-        @return: a Deferred that fires when the answer is applied, or after
+        @return: a Deferred that fires when the grant is applied, or after
             C{request_timeout} seconds.
         """
         request = self.pending_for(interval)
@@ -425,9 +425,11 @@ class RemoteHandler(Service):
             view.seq = message.seq
             view.available = self._units(body["available"])
             view.updated = self.clock.seconds()
+
         pending = self.state.remote_requests.get(request)
         if pending is None:
             return None
+
         amount = self._units(body["amount"])
         if pending["version"] != self.state.version(pending["cap"]):
             self.log.warn(
@@ -438,6 +440,7 @@ class RemoteHandler(Service):
                 request=request,
             )
             amount = 0
+
         record = {"type": "remote.received", "request": request, "cap": body["cap"], "start": body["start"], "amount": amount}
         self.log.info(
             "Received {amount} of {interval} from data center {dc} (request {request})",
