@@ -297,3 +297,33 @@ def test_three_data_centers_random_demand(three: World) -> None:
     held = sum(server.held("c").available for server in servers)
     available = sum(three.interval(name).available for name in three.names)
     assert served + held + available == 600 * UNIT
+
+
+def test_request_to_silent_data_center_abandoned(three: World) -> None:
+    """
+    A request to a data center that never answers is abandoned after three
+    attempts, and the next request goes to one that answers.
+    """
+    a = three.masters["a"]
+    a.set_cap(id="c", total=900)
+    three.settle(1.0)
+    three.broker.drop("c")
+    remote = a.remote
+    assert remote is not None
+    interval = three.interval("a")
+    views = remote.views
+    views[("c", "c", interval.start)].available = 10**6
+    remote.request_more(interval, 50 * UNIT)
+    three.settle()
+    (request,) = a.state.remote_requests
+    assert a.state.remote_requests[request]["dc"] == "c"
+    for _ in range(4):
+        three.settle(2.0)
+    assert request not in a.state.remote_requests
+    views[("c", "c", interval.start)].updated = 0.0
+    remote.request_more(interval, 50 * UNIT)
+    three.settle()
+    three.settle(1.0)
+    # A requests two top-ups (2 x 30); B has 300 and gives all of that.
+    assert three.shares()["a"] == 360 * UNIT
+    assert three.interval("b").total == 240 * UNIT

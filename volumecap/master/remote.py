@@ -49,6 +49,17 @@ from volumecap.messaging import Delivery, IMessaging, MalformedMessage
 # Sequence numbers reserved per journal record.
 SEQ_BLOCK = 10_000
 
+# Sends of a request before it is abandoned, so that a data center that is
+# down does not keep this one from asking another.  A donor's late grant for
+# an abandoned request is ignored: that capacity is lost to the interval,
+# never served twice.
+MAX_ATTEMPTS = 3
+
+# Figures older than this many publication periods are stale: their data
+# center is asked only when no data center with fresh figures has spare
+# capacity.
+STALE_PERIODS = 10
+
 
 @dataclass
 class View:
@@ -107,6 +118,7 @@ class RemoteHandler(Service):
         self.views: dict[tuple[str, str, int], View] = {}
         self._published: dict[tuple[str, int], tuple[int, int, int, int]] = {}
         self._sent: dict[str, float] = {}
+        self._attempts: dict[str, int] = {}
         self._waiters: dict[str, list[Deferred[None]]] = {}
         self._seq = 0
         self._last_full_sync = 0.0
@@ -245,7 +257,11 @@ class RemoteHandler(Service):
         else:
             self.publish_intervals()
         for request in list(self.state.remote_requests):
-            if now - self._sent.get(request, 0.0) >= self.retry_interval:
+            if now - self._sent.get(request, 0.0) < self.retry_interval:
+                continue
+            if self._attempts.get(request, 0) >= MAX_ATTEMPTS:
+                self._abandon(request)
+            else:
                 self._send_request(request)
         for key in [key for key in self._published if key not in self.state.intervals]:
             del self._published[key]
@@ -346,17 +362,22 @@ class RemoteHandler(Service):
         return True
 
     def _donor(self, interval: Interval) -> str | None:
-        known: list[tuple[int, str]] = []
-        unknown: list[str] = []
+        """
+        Return the data center with the most spare capacity by fresh
+        figures, else one whose figures are stale or missing.
+        """
+        fresh: list[tuple[int, str]] = []
+        others: list[tuple[int, str]] = []
+        oldest = self.clock.seconds() - STALE_PERIODS * self.state_interval
         for dc in self.others:
             view = self.views.get((dc, interval.cap_id, interval.start))
             if view is None:
-                unknown.append(dc)
+                others.append((0, dc))
             elif view.available > 0:
-                known.append((-view.available, dc))
-        if known:
-            return min(known)[1]
-        return unknown[0] if unknown else None
+                (fresh if view.updated >= oldest else others).append((-view.available, dc))
+        if fresh:
+            return min(fresh)[1]
+        return min(others)[1] if others else None
 
     def check(self, interval: Interval) -> None:
         """
@@ -403,11 +424,26 @@ class RemoteHandler(Service):
         waiter.addTimeout(self.request_timeout, self.clock, onTimeoutCancel=lambda result, timeout: None)
         return waiter
 
+    def _abandon(self, request: str) -> None:
+        record = self.state.remote_requests[request]
+        self.log.warn(
+            "Data center {dc} did not answer request {request} for {interval} in {attempts} attempts; abandoning it",
+            dc=record["dc"],
+            request=request,
+            interval=interval_name(record["cap"], record["start"]),
+            attempts=self._attempts.get(request, 0),
+        )
+        self._sent.pop(request, None)
+        self._attempts.pop(request, None)
+        abandoned = {"type": "remote.received", "request": request, "cap": record["cap"], "start": record["start"], "amount": 0}
+        self.ledger.commit([abandoned]).addCallback(lambda _: self._wake(request))
+
     def _send_request(self, request: str) -> None:
         record = self.state.remote_requests.get(request)
         if record is None:
             return
         self._sent[request] = self.clock.seconds()
+        self._attempts[request] = self._attempts.get(request, 0) + 1
         body = {
             "request": request,
             "cap": record["cap"],
@@ -450,6 +486,7 @@ class RemoteHandler(Service):
             request=request,
         )
         self._sent.pop(request, None)
+        self._attempts.pop(request, None)
         committed = self.ledger.commit([record])
         return committed.addCallback(lambda _: self._wake(request))
 
