@@ -10,12 +10,15 @@ master over a plain blocking socket.  Every address is 127.0.0.1.
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, TypeVar
@@ -111,20 +114,37 @@ def admin(port: int, command: type[amp.Command], timeout: float = 5.0, **argumen
     raise error_class(description)
 
 
+def cap_window() -> tuple[str, str, str]:
+    """
+    Return the start, end and time zone of the caps these tests define: from
+    a year ago to a year ahead, in a fixed-offset zone whose local time is
+    now between noon and 13:00, so that no run crosses a day's boundary.
+    """
+    now = datetime.now(timezone.utc)
+    offset = 12 - now.hour
+    # The signs of the Etc zones are inverted: Etc/GMT-3 is three hours
+    # ahead of UTC.
+    zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+    start = (now - timedelta(days=365)).date().isoformat()
+    end = (now + timedelta(days=365)).date().isoformat()
+    return start, end, zone
+
+
 def set_cap(port: int, cap_id: str, total: str = "1000") -> str:
     """
-    Define a daily cap from 2026-01-01 to 2028-01-01 in UTC and return the
-    outcome: C{created}, C{updated} or C{unchanged}.
+    Define a daily cap over L{cap_window} and return the outcome:
+    C{created}, C{updated} or C{unchanged}.
     """
+    start, end, zone = cap_window()
     response = admin(
         port,
         SetCap,
         id=cap_id,
         interval="day",
-        start="2026-01-01",
-        end="2028-01-01",
+        start=start,
+        end=end,
         total=total,
-        timezone="UTC",
+        timezone=zone,
     )
     outcome: str = response["outcome"]
     return outcome
@@ -180,13 +200,24 @@ def cap_known(client: BlockingClient, cap_id: str) -> bool:
 class Process:
     """
     One C{twistd} child process, with its log file and listening port.
+
+    @ivar environment: variables added to the test's environment for the
+        process, such as the broker password.
     """
 
-    def __init__(self, name: str, port: int, arguments: list[str], directory: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        arguments: list[str],
+        directory: Path,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.port = port
         self.arguments = arguments
         self.directory = directory
+        self.environment = environment or {}
         self.log_path = directory / f"{name}.log"
         self.output_path = directory / f"{name}.out"
         self.popen: subprocess.Popen[bytes] | None = None
@@ -204,9 +235,15 @@ class Process:
         the log, where twistd writes start-up errors.
         """
         command = TWISTD + ["-n", "--pidfile=", f"--logfile={self.log_path}"] + self.arguments
+        environment = {**os.environ, **self.environment}
         with open(self.output_path, "ab") as output:
             self.popen = subprocess.Popen(
-                command, cwd=self.directory, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+                command,
+                cwd=self.directory,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
 
     @property
@@ -344,22 +381,34 @@ class Cluster:
         self.processes: list[Process] = []
         self.clients: list[BlockingClient] = []
 
-    def master(self, name: str = "master", port: int | None = None, data_dir: Path | None = None) -> Process:
+    def master(
+        self,
+        name: str = "master",
+        port: int | None = None,
+        data_dir: Path | None = None,
+        dc: str = "dc1",
+        options: Iterable[str] = (),
+        environment: dict[str, str] | None = None,
+    ) -> Process:
         """
-        Build (without starting) a master of data center C{dc1}.
+        Build (without starting) a master of data center C{dc}.
+
+        @param options: more twistd plugin options, such as C{--dcs}.
+        @param environment: variables added to the master's environment.
         """
         port = port or free_port()
         data_dir = data_dir or self.directory / f"{name}-data"
         arguments = [
             "volumecap-master",
             "--dc",
-            "dc1",
+            dc,
             "--listen",
             f"tcp:{port}:interface={HOST}",
             "--data-dir",
             str(data_dir),
+            *options,
         ]
-        return Process(name, port, arguments, self.directory)
+        return Process(name, port, arguments, self.directory, environment)
 
     def server(self, master: Process, name: str, *options: str) -> Process:
         """
@@ -397,6 +446,22 @@ class Cluster:
             processes=[master],
         )
         return master
+
+    def start_masters(self, masters: Iterable[Process]) -> list[Process]:
+        """
+        Start built masters in parallel and wait until every one of them
+        responds to C{Status}.
+        """
+        started = list(masters)
+        for master in started:
+            self._start(master)
+        for master in started:
+            wait_until(
+                functools.partial(_master_responds, master.port),
+                f"{master.name} responds to Status",
+                processes=[master],
+            )
+        return started
 
     def start_servers(self, master: Process, names: Iterable[str], *options: str) -> list[Process]:
         """
