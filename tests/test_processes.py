@@ -2,7 +2,8 @@
 Integration tests: a master and volumecap servers as real C{twistd}
 processes on 127.0.0.1, driven through the client library and admin commands.
 
-Every cap here is daily, from 2026-01-01 to 2028-01-01 in UTC, with a total
+Every cap here is daily, from a year ago to a year ahead in a time zone
+where it is now about noon (see L{tests.processes.cap_window}), with a total
 of 1000 unless a test sets another.  With one data center the master's
 share is the whole total, so a top-up is 100 (10 per cent of the share) and
 a server requests a top-up when its holding falls to 10 (10 per cent of a

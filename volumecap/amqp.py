@@ -16,10 +16,10 @@ succeeds only once the broker has taken the message.
 
 txAMQP 0.8.2 ships no 0-9-1 spec file, so L{DEFAULT_SPEC_PATH} names the
 one in Debian's C{amqp-specs} package.  On Python 3 it also decodes each body
-frame that is valid UTF-8 to C{str}, so a body of several frames arrived as
-C{str}, truncated, or as a TypeError that dropped the connection, and it drops
-the connection on a content header with an array in a field table, as every
-dead-lettered message has.  L{PatchedAMQClient} works around both.
+frame that is valid UTF-8 to C{str}.  A body of several frames then arrives as
+C{str}, truncated, or as a TypeError that drops the connection.  And txAMQP
+drops the connection on a content header with an array in a field table,
+which every dead-lettered message has.  L{PatchedAMQClient} works around both.
 """
 
 from __future__ import annotations
@@ -367,8 +367,8 @@ class AMQPMessaging(Service):
         self._client_service = ClientService(
             HostnameEndpoint(reactor, host, port, timeout=10),
             _ClientFactory(self, spec),
-            # ClientService counts only failed TCP connects; adding failed
-            # setups (refused logins, say) makes those back off as well.
+            # ClientService counts only failed TCP connects.  Adding failed
+            # setups, such as rejected logins, makes those back off as well.
             retryPolicy=lambda attempt: policy(attempt + self._failed_setups),
             clock=reactor,
         )
@@ -474,8 +474,8 @@ class AMQPMessaging(Service):
         setting_up.addCallbacks(self._ready, self._setup_failed, errbackArgs=(client,))
 
     async def _set_up(self, client: _Client) -> _Link:
-        # RabbitMQ closes the socket when it rejects a login, so the step name
-        # is what tells the operator to check the credentials.
+        # RabbitMQ closes the socket when it rejects a login, so only the step
+        # name in the error points the operator to the credentials.
         client.step = f"logging in as {self._user} to vhost {self.vhost}"
         response = b"\0" + self._user.encode("utf-8") + b"\0" + self._password.encode("utf-8")
         await client.start(response, mechanism="PLAIN")

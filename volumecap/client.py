@@ -7,7 +7,7 @@ applications that do not run a reactor: the same methods return values, over
 a plain socket.
 
 Amounts go in as C{int}, L{Decimal} or decimal strings and come back as
-L{Decimal}.  Binary floats are rejected, because they cannot hold most
+L{Decimal}.  Binary floats are rejected, because they cannot represent most
 decimal fractions exactly.  Failures are the exceptions of
 L{volumecap.errors}: L{CappedError}, L{UnknownCapError},
 L{InvalidAmountError} and L{UnavailableError}.
@@ -52,7 +52,8 @@ _ERRORS_BY_CODE: dict[str, type[VolumecapError]] = {
 @dataclass(frozen=True)
 class Holding:
     """
-    What one server holds of a cap's current interval.
+    One server's holding of a cap's current interval, with the interval's
+    bounds.
     """
 
     available: Decimal
@@ -146,8 +147,9 @@ class VolumecapClient:
     A Twisted client of one or more volumecap servers.
 
     Each endpoint gets a connection that reconnects by itself.  Calls go to
-    the connected servers in turn; with none connected they wait up to
-    C{connect_timeout} seconds for one, then fail with L{UnavailableError}.
+    the connected servers in turn.  With none connected, a call waits up to
+    C{connect_timeout} seconds for the first endpoint to connect, then fails
+    with L{UnavailableError}.
 
     @param endpoints: Twisted client endpoint strings, such as
         C{tcp:127.0.0.1:7200}.
@@ -193,8 +195,8 @@ class VolumecapClient:
     def _lost(failure: Failure) -> Failure:
         if failure.check(ConnectionClosed):
             raise UnavailableError(
-                "connection to the volumecap server closed before it answered; the "
-                "call may or may not have been applied"
+                "connection to the volumecap server closed before it responded, so "
+                "the call may or may not have been applied"
             )
         return failure
 
@@ -219,8 +221,8 @@ class VolumecapClient:
 
         @return: a Deferred of one result per pair, in order: the remaining
             amount as a L{Decimal}, or the L{VolumecapError} for that pair.
-            Lists longer than the wire's batch size go out as several calls
-            at once.
+            Lists longer than L{MAX_BATCH} go out as several concurrent
+            calls.
         """
         try:
             batches = _batches(pairs)
@@ -280,7 +282,7 @@ class BlockingClient:
     serialised by a lock.
 
     @param endpoint: C{tcp:HOST:PORT} or C{unix:PATH}.
-    @param timeout: seconds to wait for a connection or an answer.
+    @param timeout: seconds to wait for a connection or a response.
     """
 
     def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
@@ -316,7 +318,7 @@ class BlockingClient:
 
     def close(self) -> None:
         """
-        Close the socket; the next call connects again.
+        Close the socket.  The next call connects again.
         """
         with self._lock:
             self._disconnect()
@@ -360,7 +362,7 @@ class BlockingClient:
                 raise UnavailableError(f"volumecap server error {code.decode('ascii', 'replace')}: {description}")
             raise error_class(description)
         self._disconnect()
-        raise UnavailableError(f"volumecap server {self._endpoint} sent an unexpected answer")
+        raise UnavailableError(f"volumecap server {self._endpoint} sent an unexpected response")
 
     def _connect(self) -> socket.socket:
         connection = socket.socket(self._family, socket.SOCK_STREAM)

@@ -15,8 +15,8 @@ class VolumecapError(Exception):
 
 class CappedError(VolumecapError):
     """
-    The interval cannot supply the amount: this server, its master and, as far
-    as this data center knows, the other data centers are out.
+    The interval cannot supply the amount: this server, its master and, by
+    this data center's latest figures, the other data centers are out.
     """
 
 
@@ -34,14 +34,15 @@ class InvalidAmountError(VolumecapError, ValueError):
 
 class UnavailableError(VolumecapError):
     """
-    The server cannot answer safely: it holds nothing for the interval and
-    cannot reach a master.
+    The server cannot respond safely: it has not joined a master, or its
+    holding is too small and a top-up failed, timed out or cannot reach the
+    master.  Clients also raise it when no server is reachable.
     """
 
 
 class InvalidCapError(VolumecapError, ValueError):
     """
-    A cap definition is malformed; the message names the field and value.
+    A cap definition is malformed.  The message names the field and value.
     """
 
 

@@ -33,7 +33,7 @@ class MessagingUnavailable(Exception):
 
 class MalformedMessage(Exception):
     """
-    A delivery cannot be understood; it goes to the dead-letter queue.
+    A delivery is invalid, so it goes to the dead-letter queue.
     """
 
 
@@ -77,7 +77,7 @@ class IMessaging(Interface):
         A delivery is acknowledged once the handler's result succeeds, so
         the handler returns a Deferred that fires after the message's effect
         is durable.  A L{MalformedMessage} failure sends it to the
-        dead-letter queue; any other failure leaves it unacknowledged, to be
+        dead-letter queue.  Any other failure leaves it unacknowledged, to be
         delivered again after the next reconnect.
         """
 
@@ -102,7 +102,7 @@ def settle(messaging_log: Logger, delivery: Delivery, result: object, ack: Calla
         dead()
     else:
         messaging_log.failure(
-            "Handling a message with routing key {key} failed; it stays unacknowledged",
+            "Handling a message with routing key {key} failed, so it stays unacknowledged",
             result,
             key=delivery.routing_key,
         )
@@ -131,8 +131,8 @@ class MemoryBroker:
     center, manual acknowledgements and dead-letter queues.
 
     Nothing moves until the test calls L{deliver}, so a test decides the
-    order of events; L{duplicate} and L{reorder} make the faults a real
-    network can cause.
+    order of events.  L{duplicate} and L{reorder} reproduce faults that a
+    real network can cause.
     """
 
     def __init__(self) -> None:

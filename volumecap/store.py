@@ -3,10 +3,10 @@ The master's durable journal in an embedded SQLite database.
 
 The journal is an ordered table of L{volumecap.master.state} records plus
 periodic snapshots of the whole state.  Writes run on one dedicated thread,
-so the reactor never waits for the disk, and records appended while a write
-is in flight are committed together in the next transaction (group commit).
-A record's Deferred fires once its transaction is committed; because writes
-are ordered, that also means every earlier record is durable.
+so the reactor does not wait for them.  Records appended while a write is in
+flight are committed together in the next transaction (group commit).  A
+record's Deferred fires once its transaction is committed.  Because writes
+are ordered, every earlier record is then durable too.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Journal:
     The SQLite journal of one master.
 
     @param runner: runs a blocking callable and returns a Deferred of its
-        result; L{open} uses a one-thread pool unless a runner is given.
+        result.  Without it, L{start} creates a one-thread pool.
     """
 
     log = Logger()
@@ -78,10 +78,10 @@ class Journal:
 
     def open(self, dc: str, scale: int) -> MasterState:
         """
-        Open or create the database and return the state it holds.
+        Open or create the database and return the state stored in it.
 
         This runs before the reactor does, so that a twistd start fails at
-        once with a clear message; L{start} then starts the writer thread.
+        once with a clear message.  L{start} then starts the writer thread.
 
         @raise StoreMismatchError: the database was made for another data
             center or scale.
@@ -122,7 +122,7 @@ class Journal:
             elif stored[name] != value:
                 raise StoreMismatchError(
                     f"{self.path} was created with {name} {stored[name]!r}, not "
-                    f"{value!r}; use that {name} or another data directory"
+                    f"{value!r}. Use that {name} or another data directory"
                 )
 
     def _load(self, dc: str) -> MasterState:
@@ -151,8 +151,8 @@ class Journal:
 
     def append(self, seq: int, record: Record) -> "Deferred[None]":
         """
-        Write C{record} as journal entry C{seq}; the Deferred fires once it is
-        committed.
+        Write C{record} as journal entry C{seq}.  The Deferred fires once it
+        is committed.
         """
         return self._enqueue("journal", seq, json.dumps(record, separators=(",", ":")))
 

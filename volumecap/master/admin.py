@@ -20,7 +20,7 @@ from volumecap.master.remote import RemoteHandler, View
 from volumecap.master.state import Interval
 from volumecap.wire import admincommands
 
-# The most intervals one PlanCap response lists.
+# Maximum number of intervals in one PlanCap response.
 PLAN_LIMIT = 400
 
 
@@ -32,7 +32,8 @@ class AdminLocator(amp.CommandLocator):
     """
     Responders for L{volumecap.wire.admincommands}.
 
-    @param role: returns the master's current role, such as C{primary}.
+    @param role: a callable that returns the master's current role, such as
+        C{primary}.
     """
 
     def __init__(

@@ -25,8 +25,8 @@ from volumecap.master.state import Record
 # Expired intervals stay queryable this long after their end, in seconds.
 DEFAULT_RETENTION = 7 * 86400
 
-# The longest the handler sleeps between two checks, in seconds, so a clock
-# step (NTP, a suspended VM) is noticed within this time.
+# Maximum seconds the handler sleeps between two checks, so a clock step
+# (NTP, a suspended VM) is noticed within this time.
 MAX_SLEEP = 60.0
 
 
@@ -77,12 +77,13 @@ class IntervalHandler(Service):
         (L{None} for a deleted cap) at C{now}.
 
         A wanted interval that overlaps one the master already has is the
-        same calendar period, so the existing interval is updated, revived if
-        it had expired, and keeps its consumption: moving a cap's dates away
-        and back never serves a period twice.  Intervals that are no longer
-        wanted expire, so their figures stay visible; a deleted cap's
-        intervals are deleted.  With C{reset}, for a new cap version, shares
-        are split afresh and the moves between data centers are forgotten.
+        same calendar period.  So the existing interval is updated, revived
+        if it had expired, and keeps its consumption.  Moving a cap's dates
+        away and back does not serve a period twice unless its interval was
+        purged in between.  Intervals that are no longer wanted expire, so
+        their figures stay visible.  A deleted cap's intervals are deleted.
+        With C{reset}, for a new cap version, shares are split afresh and the
+        moves between data centers are forgotten.
         """
         existing = self.ledger.state.intervals_of(cap_id)
         if cap is None:
@@ -118,8 +119,9 @@ class IntervalHandler(Service):
 
     def tick(self) -> "Deferred[None]":
         """
-        Expire ended intervals, create due ones and purge old ones, then
-        schedule the next check at the next boundary.
+        Expire ended intervals, create due ones, purge old ones and delete
+        caps that ended more than the retention period ago.  Then schedule
+        the next check at the next boundary.
         """
         self._call = None
         now = int(self.clock.seconds())

@@ -98,12 +98,12 @@ class LocalHandler(Service):
     def join(self, name: str, fresh: bool, protocol: amp.AMP, peer: str) -> "Deferred[None]":
         """
         Register server C{name} on C{protocol}, replacing an earlier
-        connection of the same name, after writing off what a fresh process
-        cannot hold any more.
+        connection of the same name.  For a fresh process, first write off
+        what the master still records as held by that name.
 
         The server is registered only once the write-offs are durable, just
-        before the join is answered, so it receives no broadcast before its
-        join response.
+        before the master responds to the join, so it receives no broadcast
+        before its join response.
         """
         records: list[Record] = []
         if fresh:
@@ -145,7 +145,7 @@ class LocalHandler(Service):
             transport.loseConnection()
         self.servers[name] = JoinedServer(name, protocol, peer, self.clock.seconds())
         self.log.info("Server {server} joined from {peer} (fresh: {fresh})", server=name, peer=peer, fresh=fresh)
-        # Recall after the join response is on its way, so the server knows
+        # Recall after the join response is on its way, so the server has
         # the scale when the recall arrives.
         self.clock.callLater(0, self._recall_over_share, name)
 
@@ -283,7 +283,7 @@ class LocalHandler(Service):
 
     def _grant_again(self, server: str, request: str, interval: Interval) -> "Deferred[dict[str, Decimal]]":
         """
-        Answer a repeated top-up request with the first grant.
+        Respond to a repeated top-up request with the first grant.
 
         The server never received that grant, so while the interval is over
         its share (after a lowered total) the master revokes as much of it
@@ -319,9 +319,11 @@ class LocalHandler(Service):
 
     def exhausted(self, interval: Interval, server: str) -> bool:
         """
-        Return whether C{interval} has nothing left for C{server}: the master
-        has nothing, no other joined server holds anything and no recall is
-        on its way back.
+        Return whether C{interval} has nothing left for C{server}.
+
+        That is the case when the master has nothing, no other joined server
+        holds anything, no recall is on its way back and, by their latest
+        figures, the other data centers have nothing left either.
         """
         if interval.available > 0 or self._recalling[interval.key] > 0:
             return False
@@ -337,7 +339,7 @@ class LocalHandler(Service):
     ) -> "Deferred[dict[str, Decimal]]":
         """
         Take C{amount} back from C{server} into the master's C{available},
-        durably; a repeated C{request} id changes nothing.
+        durably.  A repeated C{request} id changes nothing.
         """
         units = decimal_to_units(amount, self.scale)
         interval = self._live(cap_id, start)
@@ -386,15 +388,19 @@ class LocalHandler(Service):
         Ask joined servers other than C{exclude} to return up to C{wanted}
         units of C{interval}, largest holdings first.
 
-        With C{share}, a server is asked for half of what it holds (rounded
+        With C{share}, a server is asked for half of its holding (rounded
         up), so a busy server keeps serving while an idle one gives back.  A
         holding of at most two thresholds is asked for whole, because halves
-        of the last units can leave every server too little for one consume.  Without it, every holder is asked for up to C{wanted}: the
+        of the last units can leave every server too little for one consume.
+
+        Without C{share}, every holder is asked for up to C{wanted}.  The
         master's figures lag behind consumption, so asking only the largest
-        holders could leave the excess with a server that was not asked, and
-        returning more than needed is harmless.  Returns L{None} when nobody
-        holds anything to recall, else a Deferred that fires once the returns
-        are applied or C{recall_timeout} has passed.
+        holders could leave the excess with a server that was not asked.
+        Returning more than needed is harmless.
+
+        @return: L{None} when no joined server has anything to recall, else a
+            Deferred that fires once the returns are applied or
+            C{recall_timeout} has passed.
         """
         holders = sorted(
             (

@@ -51,7 +51,8 @@ class MetaHandler(Service):
 
     def check(self, fields: Mapping[str, Any]) -> tuple[CapDefinition, str]:
         """
-        Validate C{fields} and say what setting them would do.
+        Validate C{fields} and return the cap with the outcome that setting
+        it would have.
 
         @raise volumecap.errors.InvalidCapError: naming every invalid field.
         """
@@ -72,7 +73,8 @@ class MetaHandler(Service):
 
     def set_cap(self, fields: Mapping[str, Any]) -> "Deferred[str]":
         """
-        Create or replace a cap; fires with the outcome once it is durable.
+        Create or replace a cap.  The Deferred fires with the outcome once
+        the change is durable.
         """
         cap, outcome = self.check(fields)
         if outcome == UNCHANGED:
@@ -96,7 +98,8 @@ class MetaHandler(Service):
 
     def delete_cap(self, cap_id: str) -> "Deferred[None]":
         """
-        Delete a cap and its intervals; fires once that is durable.
+        Delete a cap and its intervals.  The Deferred fires once the
+        deletion is durable.
 
         @raise UnknownCapError: no such cap.
         """

@@ -12,14 +12,15 @@ Through an L{IMessaging} broker it
    capacity when this one runs low, and grants such requests.
 
 A request has an id.  The requester journals it before sending and sends it
-again until an answer arrives; it applies the first answer for an id and
-ignores the rest.  The donor journals its answer before sending it, so a
-repeated request gets the same answer and nothing moves twice.  A donor
+again until a grant arrives or L{MAX_ATTEMPTS} sends have gone unanswered.
+It applies the first grant for an id and ignores the rest.  The donor
+journals what it gives before sending the grant, so a repeated request gets
+the same grant and nothing moves twice.  A donor
 moves at most half of its own available, rounded up to a whole unit, so the
 last unit can move too.
 
 On every (re)connection the handler publishes every cap definition and
-deletion it knows and the figures of every live interval, so changes made
+deletion it has and the figures of every live interval, so changes made
 while the broker was away reach the others once it is back.
 """
 
@@ -49,8 +50,8 @@ from volumecap.messaging import Delivery, IMessaging, MalformedMessage
 # Sequence numbers reserved per journal record.
 SEQ_BLOCK = 10_000
 
-# Sends of a request before it is abandoned, so that a data center that is
-# down does not keep this one from asking another.  A donor's late grant for
+# Maximum number of sends of a request before it is abandoned, so that a
+# data center that is down does not keep this one from asking another.  A donor's late grant for
 # an abandoned request is ignored: that capacity is lost to the interval,
 # never served twice.
 MAX_ATTEMPTS = 3
@@ -85,7 +86,8 @@ class RemoteHandler(Service):
         requests two top-ups.
     @param state_interval: seconds between publications of changed figures.
     @param retry_interval: seconds before an unanswered request goes again.
-    @param request_timeout: seconds a waiting top-up waits for an answer.
+    @param request_timeout: maximum seconds a top-up waits for a grant from
+        another data center.
     """
 
     log = Logger()
@@ -157,8 +159,9 @@ class RemoteHandler(Service):
 
     def publish(self, routing_key: str, message_type: str, body: dict[str, Any]) -> "Deferred[None]":
         """
-        Publish one message; a failure is logged, because every message is
-        either repeated later or superseded.
+        Publish one message, unless the broker is disconnected.  A failure is
+        only logged, because every message is either repeated later or
+        superseded.
         """
         if not self.messaging.connected:
             return succeed(None)
@@ -180,7 +183,7 @@ class RemoteHandler(Service):
         Publish every cap and interval figure this data center has, and send
         unanswered requests again.
         """
-        self.log.info("Data center {dc} connected to the broker; publishing caps and figures", dc=self.dc)
+        self.log.info("Data center {dc} connected to the broker, publishing caps and figures", dc=self.dc)
         self.publish_caps(sorted(set(self.state.caps) | set(self.state.tombstones)))
         self.publish_intervals(everything=True)
         self._last_full_sync = self.clock.seconds()
@@ -224,6 +227,10 @@ class RemoteHandler(Service):
         """
         Publish the figures of live intervals that changed since they were
         last published, or of all of them.
+
+        NOTE: this compares every live interval on each call, once per
+        C{state_interval}; with hundreds of thousands of intervals a set of
+        changed intervals kept by the ledger would be cheaper.
         """
         items = []
         for interval in self.state.live_intervals():
@@ -270,7 +277,8 @@ class RemoteHandler(Service):
 
     def receive(self, delivery: Delivery) -> "Deferred[Any] | None":
         """
-        Apply one delivery; the Deferred fires once its effect is durable.
+        Apply one delivery.  The returned Deferred fires once its effect is
+        durable, and L{None} means that nothing had to be written.
 
         @raise MalformedMessage: the message is malformed or comes from a
             data center that is not configured.
@@ -389,11 +397,13 @@ class RemoteHandler(Service):
 
     def request_more(self, interval: Interval, wanted: int) -> "Deferred[None]":
         """
-        Ask the data center with the most spare capacity for at least
-        C{wanted} more of C{interval}.
+        Request the larger of C{wanted} and two top-ups of C{interval} from
+        the data center with the most spare capacity.  When a request for
+        C{interval} is already open, wait for it instead of sending another.
 
-        @return: a Deferred that fires when the grant is applied, or after
-            C{request_timeout} seconds.
+        @return: a Deferred that fires when the grant is applied, after
+            C{request_timeout} seconds, or at once when no data center can
+            be asked.
         """
         request = self.pending_for(interval)
         if request is None:
@@ -427,7 +437,7 @@ class RemoteHandler(Service):
     def _abandon(self, request: str) -> None:
         record = self.state.remote_requests[request]
         self.log.warn(
-            "Data center {dc} did not answer request {request} for {interval} in {attempts} attempts; abandoning it",
+            "Abandoning request {request} for {interval}: data center {dc} did not respond in {attempts} attempts",
             dc=record["dc"],
             request=request,
             interval=interval_name(record["cap"], record["start"]),

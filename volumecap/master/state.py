@@ -2,14 +2,15 @@
 The master's state and the records that change it.
 
 Every durable change to a master is one record: a JSON-compatible dictionary
-with a C{type}.  L{MasterState.apply} is the only code that mutates the state,
-so replaying the journal of records on top of a snapshot rebuilds exactly what
-the master had, and a replica fed the same records holds the same state.
+with a C{type}.  Apart from the consumption figures, L{MasterState.apply} is
+the only code that mutates the state.  So replaying the journal of records on
+top of a snapshot rebuilds exactly what the master had, and a replica fed the
+same records has the same state.
 
 Record types:
 
  - C{cap.set} C{{cap, version}} and C{cap.delete} C{{id, version}}: meta
-   changes.  A version is C{[milliseconds, data center]}; the higher one
+   changes.  A version is C{[milliseconds, data center]}.  The higher one
    wins between data centers, and a deleted cap leaves a tombstone with its
    version so an older definition arriving late cannot bring it back.
  - C{interval.create} and C{interval.update} C{{cap, start, end, total}}: the
@@ -18,8 +19,8 @@ Record types:
    splits the total afresh.
  - C{remote.request} C{{request, dc, cap, start, amount, version}}: this
    data center asked data center C{dc} for more of an interval.
- - C{remote.received} C{{request, cap, start, amount}}: the answer to a
-   request, applied once: the interval's share grows by C{amount}.
+ - C{remote.received} C{{request, cap, start, amount}}: the grant for a
+   request, or zero for an abandoned one, applied once: the interval's share grows by C{amount}.
  - C{remote.give} C{{request, dc, cap, start, amount}}: this data center
    moved part of its share to data center C{dc}.
  - C{seq.reserve} C{{upto}}: message sequence numbers up to C{upto} may be
@@ -29,7 +30,7 @@ Record types:
    slice moving from the master to a server and back.
  - C{revoke} C{{cap, start, server, request, amount}}: part of a grant taken
    back before the server received it.  The server asked again under the
-   same request id, which proves it never saw the first answer.
+   same request id, which proves it never saw the first response.
  - C{writeoff} C{{cap, start, server, amount}}: the unconsumed holding of a
    server that came back without it.  It is never served again.
 
@@ -54,7 +55,8 @@ class Holding:
     """
     The master's view of one server's slice of one interval.
 
-    @ivar granted: units granted minus units returned or written off.
+    @ivar granted: units granted minus units returned, revoked or written
+        off.
     @ivar consumed: units the server last reported as consumed.
     """
 
@@ -77,7 +79,7 @@ class Interval:
     @ivar available: units not handed out to any server.  It is negative
         after a lowered total until recalls bring it back.
     @ivar requests: the amount applied for each grant or return request id,
-        so that a repeated request gets the first answer.
+        so that a repeated request gets the first result.
     """
 
     dc: str
@@ -106,7 +108,8 @@ class Interval:
 
 class MasterState:
     """
-    Caps and intervals of one data center, changed only by L{apply}.
+    Caps and intervals of one data center, changed only by L{apply} and,
+    for consumption figures, by L{note_consumed}.
     """
 
     def __init__(self, dc: str) -> None:
@@ -239,8 +242,8 @@ class MasterState:
     def note_consumed(self, server: str, cap_id: str, start: int, consumed: int) -> None:
         """
         Record a server's consumption figure for an interval, if the master
-        still has the interval.  Figures only grow: a late report never
-        lowers one.
+        still has the interval.  Figures only grow, so a late report never
+        lowers one, and they are capped at the units granted.
         """
         interval = self.intervals.get((cap_id, start))
         if interval is None or (consumed == 0 and server not in interval.holdings):

@@ -1,6 +1,7 @@
 """
-What a volumecap server holds: a slice of each interval it knows, with no
-I/O.  Amounts are integer units; the caller supplies the time.
+A volumecap server's holdings: one slice per interval that the master has
+sent it, with no I/O.  Amounts are integer units, and the caller supplies
+the time.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ class Slice:
     @ivar reported: C{consumed} as last reported to the master.
     @ivar topup: units to request per top-up.
     @ivar threshold: a top-up starts when C{available} falls to this.
-    @ivar exhausted_until: until this time the master had nothing left,
-        so consumes beyond C{available} fail without asking it again.
+    @ivar exhausted_until: time until which consumes beyond C{available}
+        fail without asking the master again, because it last reported the
+        interval exhausted.
     """
 
     __slots__ = (
@@ -59,7 +61,7 @@ class Slice:
 
 class Holdings:
     """
-    The slices of every interval a server knows, by cap id and start.
+    The slices of every interval that the server has, by cap id and start.
     """
 
     def __init__(self) -> None:

@@ -4,7 +4,7 @@ A volumecap server's connection to its master.
 L{MasterLink} keeps one AMP connection open through Twisted's
 L{ClientService}, which reconnects with jittered exponential backoff and
 never gives up.  On each new connection the server joins and fetches every
-live interval; only then does the connection become L{MasterLink.protocol},
+live interval.  Only then does the connection become L{MasterLink.protocol},
 so commands always go over a synchronised connection.
 """
 
@@ -27,13 +27,14 @@ from volumecap.wire import servercommands
 
 class LinkListener(Protocol):
     """
-    What the link tells the server about.
+    The server's callbacks for the link's join and connection events.
     """
 
     def syncing(self, dc: str, scale: int) -> None:
         """
-        Note that the master accepted a join: intervals known now and missing
-        from the list that follows were deleted while the server was away.
+        Note that the master accepted a join.  Intervals that the server has
+        now but that are missing from the list that follows were deleted
+        while the server was away.
         """
 
     def joined(self, intervals: list[dict[str, Any]]) -> "Deferred[Any] | None":
@@ -49,8 +50,8 @@ class LinkListener(Protocol):
 
 class MasterProtocol(amp.AMP):
     """
-    The server's end of the master connection; responders live on the
-    locator the server supplies.
+    The server's end of the master connection.  Its responders are on the
+    locator that the server supplies.
     """
 
     def __init__(

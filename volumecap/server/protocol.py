@@ -34,7 +34,7 @@ def _fill_error(failure: Any, errors: list[str], messages: list[str], index: int
 
 class ApplicationLocator(amp.CommandLocator):
     """
-    Answers applications from the server's holdings.
+    Responders for application commands, served from the server's holdings.
     """
 
     def __init__(self, server: VolumecapServer) -> None:
@@ -100,9 +100,10 @@ class ApplicationProtocol(amp.AMP):
     AMP for one application connection, with a fast path for C{Consume}.
 
     Twisted's command machinery (argument parsing, Deferreds, response
-    building) cost about half of the server's time per consume in profiles,
-    so C{Consume} boxes are read and answered here directly, with the same
-    wire format and error codes.  Every other command, and a malformed
+    building) cost about half of the server's time per consume in py-spy
+    profiles from C{bench/consume.py --profile-server}, so C{Consume} boxes
+    are read and responded to here directly, with the same wire format and
+    error codes.  Every other command, and a malformed
     C{Consume}, goes through the machinery and the locator.
     """
 
@@ -135,8 +136,8 @@ class ApplicationProtocol(amp.AMP):
         outcome.addCallbacks(self._send_remaining, self._send_failure, (tag,), {"scale": scale}, (tag,))
 
     def _send(self, box: amp.AmpBox) -> None:
-        # As AMP does for its own answers: a connection that is gone gets no
-        # answer, and the consume stands.
+        # Like AMP for its own responses, send nothing on a connection that
+        # is gone.  The consume still counts.
         try:
             box._sendTo(self.boxSender)
         except (amp.ProtocolSwitched, ConnectionLost):

@@ -1,11 +1,12 @@
 """
-The volumecap server: answers applications from the slices it holds and
-keeps those slices topped up from its master.
+The volumecap server: serves applications' consumes from the slices it
+holds and keeps those slices topped up from its master.
 
-A consume that the holding covers is answered at once, with no I/O.  When the
+A consume that the holding covers succeeds at once, with no I/O.  When the
 holding falls to the interval's threshold, a top-up starts in the background.
 A consume larger than the holding starts a top-up at once and waits for it
-for at most C{topup_wait} seconds before answering capped.
+for at most C{topup_wait} seconds.  It fails as capped when the master
+reports the interval exhausted, and as unavailable when the wait times out.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ class VolumecapServer(MultiService):
     @param report_interval: seconds between consumption reports.
     @param prefetch: seconds before an interval ends that a slice of the
         next interval is fetched, for caps consumed in the current one.
-    @param capped_backoff: seconds to answer capped without asking the
-        master again after it granted nothing.
+    @param capped_backoff: seconds after the master reports an interval
+        exhausted during which consumes beyond the holding fail as capped
+        without asking the master again.
     @param retry_policy: seconds before reconnection attempt N to the
         master; the default backs off exponentially with jitter.
     """
@@ -148,11 +150,11 @@ class VolumecapServer(MultiService):
             waiting = self.link.when_joined()
             waiting.addTimeout(STOP_TIMEOUT, self.clock)
             yield waiting.addErrback(lambda failure: None)
-            # Leave ClientService's callback first: stopping it from inside
-            # its own notification is a reentrant transition it rejects.
+            # Leave ClientService's callback first, because ClientService
+            # rejects a stop from inside its own notification as reentrant.
             yield deferLater(self.clock, 0, lambda: None)
         if self.link.protocol is not None and self._pending:
-            # A grant answered after the returns would stay with this server.
+            # A grant that arrives after the returns would stay with this server.
             granting = DeferredList([pending.wait() for pending in self._pending.values()])
             granting.addTimeout(STOP_TIMEOUT, self.clock, onTimeoutCancel=lambda result, timeout: None)
             yield granting
@@ -165,8 +167,8 @@ class VolumecapServer(MultiService):
         unreturned = sum(held.available for held in self.holdings) + sum(units for _, _, units in self._returns.values())
         if unreturned:
             self.log.warn(
-                "Stopping with {amount} not returned to the master; it stays "
-                "unserved until its intervals end",
+                "Stopping with {amount} not returned to the master. That amount "
+                "stays unserved until its intervals end",
                 amount=format_units(unreturned, self.scale or 0),
             )
         yield super().stopService()
@@ -183,7 +185,10 @@ class VolumecapServer(MultiService):
         @return: the units this server still holds, or a Deferred of them
             when a top-up is needed first.
         @raise UnknownCapError: no such cap, or no current interval.
-        @raise UnavailableError: not yet synchronised with a master.
+        @raise CappedError: the master reported the interval exhausted less
+            than C{capped_backoff} seconds ago.
+        @raise UnavailableError: not yet synchronised with a master, or the
+            holding is too small and the master is not connected.
         """
         if not self.synced:
             raise UnavailableError("this server has not yet joined a master")
@@ -206,7 +211,7 @@ class VolumecapServer(MultiService):
     def _wait_for_top_up(self, held: Slice, units: int, deadline: float) -> "Deferred[int]":
         if self.link.protocol is None:
             raise UnavailableError(
-                f"cap {held.cap_id!r}: this server holds too little and cannot reach its master"
+                f"cap {held.cap_id!r}: this server's holding is too small and its master is not connected"
             )
         waiting = self._top_up(held, units)
         waiting.addTimeout(max(0.0, deadline - self.clock.seconds()), self.clock)
@@ -232,7 +237,7 @@ class VolumecapServer(MultiService):
             return self._wait_for_top_up(held, units, deadline)
         if self.link.protocol is None:
             raise UnavailableError(
-                f"cap {held.cap_id!r}: this server holds too little and cannot reach its master"
+                f"cap {held.cap_id!r}: this server's holding is too small and its master is not connected"
             )
         raise UnavailableError(
             f"cap {held.cap_id!r}: timed out waiting {self.topup_wait} s for a top-up; retry"
@@ -312,8 +317,9 @@ class VolumecapServer(MultiService):
         """
         Return C{units} (already taken out of the slice) to the master.
 
-        The return stays in an outbox until the master accepts it and is
-        sent again, under the same request id, after a reconnect.
+        The return stays in an outbox until the master accepts it or no
+        longer has the interval.  After a reconnect it is sent again under
+        the same request id.
         """
         request = request or self._next_request()
         self._returns[request] = (cap_id, start, units)
@@ -362,7 +368,8 @@ class VolumecapServer(MultiService):
 
     def recall(self, request: str, cap_id: str, start: int, units: int) -> "Deferred[int]":
         """
-        Give back up to C{units} of a slice because the master asked.
+        Give back up to C{units} of a slice at the master's request, and
+        fire with the units given back.
         """
         held = self.holdings.get(cap_id, start)
         given = min(units, held.available) if held is not None else 0
@@ -372,7 +379,7 @@ class VolumecapServer(MultiService):
             return finished
         assert held is not None
         held.available -= given
-        # The master was exhausted apart from this holding; now part of it
+        # The master was exhausted apart from this holding.  Now part of it
         # is elsewhere, so a consume beyond the holding must ask again.
         held.exhausted_until = 0.0
         self.log.info(
@@ -387,12 +394,12 @@ class VolumecapServer(MultiService):
 
     def syncing(self, dc: str, scale: int) -> None:
         """
-        Take the master's data center and scale, and remember which
-        intervals were known before the master's list arrives.
+        Take the master's data center and scale, and record which intervals
+        this server had before the master's list arrives.
         """
         if self.scale is not None and scale != self.scale:
             self.log.error(
-                "Master of {dc} uses scale {scale}, but this server used {old}; restart this server",
+                "Master of {dc} uses scale {scale}, but this server used {old}. Restart this server",
                 dc=dc,
                 scale=scale,
                 old=self.scale,
@@ -418,8 +425,9 @@ class VolumecapServer(MultiService):
 
     def link_lost(self) -> None:
         """
-        Keep serving from the holdings; consumes beyond them answer
-        unavailable until the master is back.
+        Wake the consumes that wait for top-ups.  The server keeps serving
+        from its holdings, and consumes beyond them fail as unavailable until
+        the master is back.
         """
         for pending in list(self._pending.values()):
             pending.notify()

@@ -23,7 +23,7 @@ _CAP_FIELDS = [
 _INVALID: dict[type[Exception], bytes] = {InvalidCapError: AMP_ERRORS[InvalidCapError]}
 _UNKNOWN: dict[type[Exception], bytes] = {UnknownCapError: AMP_ERRORS[UnknownCapError]}
 
-# Caps per ListCaps page: 100 definitions with 200-byte ids stay under AMP's
+# Maximum caps per ListCaps page: 100 definitions with 200-byte ids stay under AMP's
 # 65,535-byte limit on one value.
 LIST_PAGE = 100
 
@@ -32,7 +32,7 @@ class SetCap(amp.Command):
     """
     Create or replace a cap definition.
 
-    C{outcome} is C{created}, C{updated} or C{unchanged}; the change is
+    C{outcome} is C{created}, C{updated} or C{unchanged}.  The change is
     durable before the response is sent.
     """
 
@@ -51,7 +51,8 @@ class SetCap(amp.Command):
 
 class CheckCap(amp.Command):
     """
-    Validate a cap definition and say what L{SetCap} would do, changing nothing.
+    Validate a cap definition and return the outcome L{SetCap} would have,
+    changing nothing.
     """
 
     arguments = SetCap.arguments
@@ -61,7 +62,7 @@ class CheckCap(amp.Command):
 
 class DeleteCap(amp.Command):
     """
-    Delete a cap and all of its intervals; servers drop them.
+    Delete a cap and all of its intervals, which servers then drop.
     """
 
     arguments = [(b"id", amp.Unicode())]
@@ -102,10 +103,10 @@ class ShowCap(amp.Command):
     Return a cap's definition and the intervals the master keeps, with what
     each server holds and has consumed.  Intervals of other data centers
     come from their latest figures: their C{state} is C{remote} and
-    C{updated} says when the figures arrived.
+    C{updated} is when the figures arrived.
 
-    NOTE: the intervals go in one AMP value, which holds about 800 server
-    entries; a cap served by more servers over its retained intervals fails
+    NOTE: the intervals go in one AMP value, which fits about 800 server
+    entries.  A cap served by more servers over its retained intervals fails
     to encode until this command is paged.
     """
 

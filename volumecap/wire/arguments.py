@@ -13,8 +13,8 @@ class Amount(amp.Argument):
     """
     A finite L{Decimal} sent as its plain decimal string.
 
-    A peer that sends anything else gets an AMP error reply and nothing is
-    changed, because decoding fails before the responder runs.
+    A peer that sends anything else gets an AMP error response and nothing
+    is changed, because decoding fails before the responder runs.
     """
 
     def toString(self, inObject: Decimal) -> bytes:

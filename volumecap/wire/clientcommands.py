@@ -17,7 +17,7 @@ CONSUME_ERRORS: dict[type[Exception], bytes] = {
     for error in (CappedError, UnknownCapError, InvalidAmountError, UnavailableError)
 }
 
-# The largest batch one ConsumeMany carries.  An AMP value is at most 65,535
+# Maximum number of pairs in one ConsumeMany.  An AMP value is at most 65,535
 # bytes, and this many items with 200-character cap ids stay below that.
 MAX_BATCH = 250
 
@@ -28,7 +28,7 @@ class Consume(amp.Command):
 
     Responds with the amount this server still holds for the cap's current
     interval, as a decimal string.  The amount is a decimal string so that the
-    server, which knows the scale, validates it.
+    server, which has the scale, validates it.
     """
 
     arguments = [(b"cap", amp.Unicode()), (b"amount", amp.Unicode())]
@@ -60,7 +60,8 @@ class ConsumeMany(amp.Command):
 
 class Query(amp.Command):
     """
-    Return what this server holds of cap C{cap}'s current interval.
+    Return this server's holding of cap C{cap}'s current interval, with the
+    interval's bounds.
     """
 
     arguments = [(b"cap", amp.Unicode())]

@@ -43,7 +43,7 @@ class Recall(amp.Command):
     Ask a server to give back up to C{amount} of its unconsumed holding.
 
     The server sends the amount back with a L{volumecap.wire.servercommands.Return}
-    under request id C{request} and then answers with C{returned}, the amount
+    under request id C{request} and then responds with C{returned}, the amount
     it gave back, so the master has applied the return before the response
     arrives.  C{consumed} is what the server has consumed of the interval,
     which keeps the master's figures current.

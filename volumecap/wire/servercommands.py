@@ -1,11 +1,11 @@
 """
 Commands that a volumecap server sends to its master.
 
-A server first sends L{Join}; the master binds the connection to the server's
-name and answers every other command in that name.  Top-ups and returns carry
-a request id chosen by the server: the master applies each id once and
-answers a repeated id with the first answer, so a server may retry any of
-them after a lost connection.
+A server first sends L{Join}.  The master binds the connection to the
+server's name and handles every other command under that name.  Top-ups and
+returns carry a request id chosen by the server.  The master applies each id
+once and responds to a repeated id with the first result, so a server may
+retry any of them after a lost connection.
 """
 
 from twisted.protocols import amp
@@ -50,7 +50,7 @@ class Join(amp.Command):
     response = [(b"dc", amp.Unicode()), (b"scale", amp.Integer())]
 
 
-# Items per AmpList value: 200 intervals or holdings with 200-character cap
+# Maximum items per AmpList value: 200 intervals or holdings with 200-character cap
 # ids stay below AMP's 65,535-byte limit on one value.
 PAGE = 200
 
@@ -71,9 +71,10 @@ class TopUp(amp.Command):
     Request up to C{amount} more of an interval.
 
     The master grants all of it, part of it when it has less, or zero when it
-    has nothing left; C{available} is what the master has left afterwards.
-    C{exhausted} is true when the master has nothing left and nothing to
-    recall from other servers, so a consume beyond the holding is capped.
+    has nothing left.  C{available} is what the master has left afterwards.
+    C{exhausted} is true when the master has nothing left, nothing to recall
+    from other servers and, by their latest figures, nothing to get from
+    other data centers, so a consume beyond the holding is capped.
     """
 
     arguments = [
