@@ -414,3 +414,22 @@ def test_consume_fast_path(master: MasterRig) -> None:
     assert call(Consume, cap="nope", amount="1").check(UnknownCapError)
     assert call(Consume, cap="c", amount="0.001").check(InvalidAmountError)
     assert call(Consume, cap="c", amount="600").check(CappedError)
+
+
+def test_new_scale_drops_holdings(master: MasterRig, tmp_path: Any) -> None:
+    """
+    A server that rejoins a master with another amount scale drops its
+    holdings instead of misreading them.
+    """
+    master.set_cap(id="c", total=1000)
+    server = ServerRig("s1", master)
+    assert server.consume("c", UNIT) == 99 * UNIT
+    other = MasterRig(str(tmp_path / "other"), master.clock, master.network, scale=3)
+    server.endpoint.target = lambda: other.factory
+    server.endpoint.cut()
+    master.network.flush()
+    master.clock.advance(1.0)
+    master.network.flush()
+    assert server.server.scale == 3
+    assert len(server.server.holdings) == 0
+    assert isinstance(server.consume("c", 1000), UnknownCapError)

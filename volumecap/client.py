@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any, Iterable, Sequence, Union, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import IProtocol
@@ -148,8 +148,8 @@ class VolumecapClient:
 
     Each endpoint gets a connection that reconnects by itself.  Calls go to
     the connected servers in turn.  With none connected, a call waits up to
-    C{connect_timeout} seconds for the first endpoint to connect, then fails
-    with L{UnavailableError}.
+    C{connect_timeout} seconds for any endpoint to connect, then fails with
+    L{UnavailableError}.
 
     @param endpoints: Twisted client endpoint strings, such as
         C{tcp:127.0.0.1:7200}.
@@ -182,10 +182,27 @@ class VolumecapClient:
         if connected:
             protocol = connected[next(self._turn) % len(connected)]
             return _call_remote(protocol, command, arguments).addErrback(self._lost)
-        waiting = self._services[0].whenConnected()
+        waiting = self._first_connection()
         waiting.addTimeout(self._connect_timeout, self._reactor)
         waiting.addErrback(self._not_connected)
         return waiting.addCallback(_call_remote, command, arguments).addErrback(self._lost)
+
+    def _first_connection(self) -> "Deferred[Any]":
+        """
+        Return a Deferred of the first protocol any endpoint connects,
+        cancelling the waits on the other endpoints.
+        """
+        waits = [service.whenConnected() for service in self._services]
+        first: Deferred[Any] = DeferredList(waits, fireOnOneCallback=True, consumeErrors=True)
+
+        def cancel_others(result: Any) -> Any:
+            for wait in waits:
+                if not wait.called:
+                    wait.cancel()
+            return result
+
+        first.addBoth(cancel_others)
+        return first.addCallback(lambda protocol_and_index: protocol_and_index[0])
 
     @staticmethod
     def _not_connected(failure: Failure) -> Failure:
@@ -346,6 +363,12 @@ class BlockingClient:
                     self._socket = self._connect()
                 self._socket.sendall(box.serialize())
                 answer = self._read_box()
+            except TimeoutError:
+                self._disconnect()
+                raise UnavailableError(
+                    f"volumecap server {self._endpoint} did not respond within {self._timeout} s; "
+                    f"the call may or may not have been applied"
+                ) from None
             except OSError as error:
                 self._disconnect()
                 raise UnavailableError(f"volumecap server {self._endpoint} not reachable: {error}") from None

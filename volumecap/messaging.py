@@ -101,6 +101,8 @@ def settle(messaging_log: Logger, delivery: Delivery, result: object, ack: Calla
         )
         dead()
     else:
+        # NOTE: the broker delivers it again only after a reconnect, so enough
+        # such failures in a row fill the prefetch window and stall the queue.
         messaging_log.failure(
             "Handling a message with routing key {key} failed, so it stays unacknowledged",
             result,

@@ -398,12 +398,20 @@ class VolumecapServer(MultiService):
         this server had before the master's list arrives.
         """
         if self.scale is not None and scale != self.scale:
+            # Holdings are unit counts of the old scale, so they cannot be
+            # carried over.  Dropping them can lose capacity, never overspend.
             self.log.error(
-                "Master of {dc} uses scale {scale}, but this server used {old}. Restart this server",
+                "Master of {dc} uses scale {scale}, but this server used {old}; "
+                "dropping {count} holdings and their pending top-ups and returns",
                 dc=dc,
                 scale=scale,
                 old=self.scale,
+                count=len(self.holdings),
             )
+            for held in list(self.holdings):
+                self._drop(held.cap_id, held.start)
+            self._returns.clear()
+            self._finished = []
         self.dc, self.scale = dc, scale
         self._known_before_sync = {held.key for held in self.holdings}
 

@@ -34,7 +34,7 @@ SETTINGS = [
     Setting("topup_wait", DEFAULT_TOPUP_WAIT, positive_number, "Seconds a consume beyond the holding waits for a top-up."),
     Setting("report_interval", DEFAULT_REPORT_INTERVAL, positive_number, "Seconds between consumption reports."),
     Setting("prefetch", DEFAULT_PREFETCH, positive_number, "Seconds before an interval ends to fetch the next one."),
-    Setting("capped_backoff", DEFAULT_CAPPED_BACKOFF, positive_number, "Seconds to answer capped before asking the master again."),
+    Setting("capped_backoff", DEFAULT_CAPPED_BACKOFF, positive_number, "Seconds a consume beyond the holding fails as capped, without asking the master, after it reported the interval exhausted."),
 ]
 
 

@@ -46,7 +46,8 @@ class ConsumeMany(amp.Command):
     C{errors[i]} is the error code (one of L{CONSUME_ERRORS}'s values) and
     C{messages[i]} its text.  One pair failing changes nothing for the
     others.  Flat lists rather than an C{AmpList} of boxes keep encoding and
-    parsing cheap: several times faster for a batch of 100.
+    parsing cheap: for 100 pairs, parsing took 111 us instead of 806 us (see
+    BENCHMARKS.md).
     """
 
     arguments = [(b"caps", amp.ListOf(amp.Unicode())), (b"amounts", amp.ListOf(amp.Unicode()))]
