@@ -176,7 +176,7 @@ def test_reordered_figures(two: World) -> None:
             "available": available,
             "consumed": "0.00",
         }
-        return encode("intervals", "b", 10**9 + seq, {"intervals": [item]})
+        return encode("intervals", "b", 10**9 + seq, {"intervals": [item]}, ["a", "b"])
 
     two.broker.route("all.intervals", figures(8, "123.00"))
     two.broker.route("all.intervals", figures(7, "456.00"))
@@ -327,3 +327,112 @@ def test_request_to_silent_data_center_abandoned(three: World) -> None:
     # A requests two top-ups (2 x 30); B has 300 and gives all of that.
     assert three.shares()["a"] == 360 * UNIT
     assert three.interval("b").total == 240 * UNIT
+
+
+def drain(world: World, server: ServerRig, units: int = UNIT) -> int:
+    """
+    Consume C{units} at a time until capped and return how many succeeded.
+    """
+    served = 0
+    for _ in range(5000):
+        outcome = server.consume("c", units)
+        if isinstance(outcome, CappedError):
+            return served
+        if isinstance(outcome, UnavailableError):
+            world.settle(0.3)
+            continue
+        assert isinstance(outcome, int)
+        served += 1
+        world.settle()
+    raise AssertionError("never capped")
+
+
+def test_raise_after_draws_keeps_moves(two: World) -> None:
+    """
+    Raising a total after A drew and consumed B's share adds each data
+    center's split of the difference to its share: the data centers serve
+    exactly the new total, not a fresh split of it.
+    """
+    two.masters["a"].set_cap(id="c", total=100)
+    two.settle()
+    at_a = ServerRig("sa", two.masters["a"])
+    assert drain(two, at_a) == 100
+    two.masters["b"].set_cap(id="c", total=120)
+    two.settle(1.0)
+    assert two.shares() == {"a": 110 * UNIT, "b": 10 * UNIT}
+    at_b = ServerRig("sb", two.masters["b"])
+    served = drain(two, at_b) + drain(two, at_a)
+    assert served == 20
+
+
+def test_end_change_keeps_shares(two: World) -> None:
+    """
+    Changing only a cap's end after draws keeps the moves, so the data
+    centers still serve exactly the total.
+    """
+    two.masters["a"].set_cap(id="c", total=100)
+    two.settle()
+    at_a = ServerRig("sa", two.masters["a"])
+    for _ in range(80):
+        at_a.consume("c", UNIT)
+        two.settle()
+    assert two.interval("a").moved > 0
+    at_b = ServerRig("sb", two.masters["b"])
+    two.masters["b"].set_cap(id="c", total=100, end="2028-06-01")
+    two.settle()
+    assert two.interval("a").moved > 0
+    assert sum(two.shares().values()) == 100 * UNIT
+    assert drain(two, at_b) + drain(two, at_a) == 20
+
+
+def test_lower_after_draws_covers_deficit(two: World) -> None:
+    """
+    Lowering a total below B's split after A drew B's share leaves B with a
+    negative share; A covers the deficit, so the interval serves exactly
+    the new total.
+    """
+    two.masters["a"].set_cap(id="c", total=100)
+    two.settle()
+    at_a = ServerRig("sa", two.masters["a"])
+    for _ in range(60):
+        at_a.consume("c", UNIT)
+        two.settle()
+    for _ in range(3):
+        two.settle(1.0)
+    left_at_b = two.interval("b").total // UNIT
+    assert 0 < left_at_b < 19
+    # B's split of the decrease is one more than what B has left.
+    lowered = 100 - 2 * left_at_b - 2
+    two.masters["a"].set_cap(id="c", total=lowered)
+    two.settle()
+    assert two.interval("b").total == -UNIT
+    for _ in range(3):
+        two.settle(1.0)
+    assert sum(two.shares().values()) == lowered * UNIT
+    assert two.interval("b").total == 0
+    at_b = ServerRig("sb", two.masters["b"])
+    assert 60 + drain(two, at_a) + drain(two, at_b) == lowered
+
+
+def test_mismatched_data_centers_rejected(two: World) -> None:
+    """
+    A message from a master started with another list of data centers is
+    dead-lettered and changes nothing.
+    """
+    a = two.masters["a"]
+    seq = a.state.seq
+    cap = {
+        "id": "x",
+        "interval": "day",
+        "start": START - 86400,
+        "end": START + 86400,
+        "total": "30.00",
+        "first_total": None,
+        "timezone": "UTC",
+    }
+    body = encode("caps", "b", 5, {"caps": [{"id": "x", "version": [1, "b"], "cap": cap}]}, ["a", "b", "north"])
+    two.broker.route("all.caps", body)
+    two.settle()
+    assert "x" not in a.state.caps
+    assert a.state.seq == seq
+    assert [message.body for message in two.broker.queue("a").dead] == [body]

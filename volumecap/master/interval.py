@@ -70,7 +70,7 @@ class IntervalHandler(Service):
         return split_shares(total, self.dcs)[self.ledger.state.dc]
 
     def changes_for(
-        self, cap_id: str, cap: CapDefinition | None, now: int, reset: bool = False
+        self, cap_id: str, cap: CapDefinition | None, now: int
     ) -> list[Record]:
         """
         Return the records that make the intervals of C{cap_id} match C{cap}
@@ -82,8 +82,12 @@ class IntervalHandler(Service):
         away and back does not serve a period twice unless its interval was
         purged in between.  Intervals that are no longer wanted expire, so
         their figures stay visible.  A deleted cap's intervals are deleted.
-        With C{reset}, for a new cap version, shares are split afresh and the
-        moves between data centers are forgotten.
+
+        An interval's share is this data center's split of the total plus
+        what it moved in from other data centers.  A new total changes only
+        the split part, so every data center's share changes by its split of
+        the difference, and the shares keep adding up to the total whatever
+        sequence of versions each data center saw.
         """
         existing = self.ledger.state.intervals_of(cap_id)
         if cap is None:
@@ -105,13 +109,11 @@ class IntervalHandler(Service):
                 )
                 continue
             kept.add(found.start)
-            share = self.share(span.total) + (0 if reset else found.moved)
-            forget = reset and found.moved != 0
-            if found.expired or span.end != found.end or share != found.total or forget:
-                update = {"type": "interval.update", "cap": cap_id, "start": found.start, "end": span.end, "total": share}
-                if forget:
-                    update["reset"] = True
-                records.append(update)
+            share = self.share(span.total) + found.moved
+            if found.expired or span.end != found.end or share != found.total:
+                records.append(
+                    {"type": "interval.update", "cap": cap_id, "start": found.start, "end": span.end, "total": share}
+                )
         for interval in existing:
             if interval.start not in kept and not interval.expired:
                 records.append({"type": "interval.expire", "cap": cap_id, "start": interval.start})

@@ -4,8 +4,11 @@ Messages between data centers: versioned JSON, checked field by field.
 Every message is an envelope::
 
     {"v": 1, "id": "<hex>", "type": "<type>", "sender": "<dc>",
-     "seq": <int>, "body": {...}}
+     "dcs": ["<dc>", ...], "seq": <int>, "body": {...}}
 
+C{dcs} lists the data centers the sender shares caps with, so a master
+started with another list is noticed instead of taking a share that the
+others do not count.
 C{seq} rises with every message a sender publishes, across restarts, so a
 receiver can keep the newest of reordered updates.  Amounts are decimal
 strings and instants integer epoch seconds.  The types and their bodies:
@@ -48,6 +51,7 @@ class Message:
     id: str
     type: str
     sender: str
+    dcs: list[str]
     seq: int
     body: dict[str, Any]
 
@@ -135,11 +139,21 @@ def _fields_ok(value: object, fields: Mapping[str, Callable[[object], bool]]) ->
     )
 
 
-def encode(message_type: str, sender: str, seq: int, body: dict[str, Any]) -> bytes:
+def encode(message_type: str, sender: str, seq: int, body: dict[str, Any], dcs: list[str] | None = None) -> bytes:
     """
     Build the JSON bytes of a message with a fresh id.
+
+    @param dcs: the sender's data centers; only the sender by default.
     """
-    envelope = {"v": VERSION, "id": uuid.uuid4().hex, "type": message_type, "sender": sender, "seq": seq, "body": body}
+    envelope = {
+        "v": VERSION,
+        "id": uuid.uuid4().hex,
+        "type": message_type,
+        "sender": sender,
+        "dcs": sorted(dcs or [sender]),
+        "seq": seq,
+        "body": body,
+    }
     return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
 
 
@@ -161,11 +175,14 @@ def decode(data: bytes) -> Message:
     message_type = envelope.get("type")
     if not isinstance(message_type, str) or message_type not in BODIES:
         raise MalformedMessage(f"unknown message type {message_type!r}")
-    envelope_fields = {"v", "id", "type", "sender", "seq", "body"}
+    envelope_fields = {"v", "id", "type", "sender", "dcs", "seq", "body"}
     if set(envelope) != envelope_fields:
         raise MalformedMessage(f"envelope fields {sorted(envelope)}; expected {sorted(envelope_fields)}")
     if not (_is_str(envelope["id"]) and _is_str(envelope["sender"]) and _is_int(envelope["seq"])):
         raise MalformedMessage("id and sender must be strings and seq an integer")
+    dcs = envelope["dcs"]
+    if not (isinstance(dcs, list) and 0 < len(dcs) <= 100 and all(_is_str(name) for name in dcs)):
+        raise MalformedMessage("dcs must be a list of data center names")
     if not _fields_ok(envelope["body"], BODIES[message_type]):
         raise MalformedMessage(f"invalid body for {message_type}: missing, extra or mistyped fields")
-    return Message(envelope["id"], message_type, envelope["sender"], envelope["seq"], envelope["body"])
+    return Message(envelope["id"], message_type, envelope["sender"], dcs, envelope["seq"], envelope["body"])

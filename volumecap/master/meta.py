@@ -93,7 +93,7 @@ class MetaHandler(Service):
     def _commit_set(self, cap: CapDefinition, version: list[Any]) -> "Deferred[None]":
         now = int(self.clock.seconds())
         records: list[Record] = [{"type": "cap.set", "cap": cap.to_record(), "version": version}]
-        records += self.intervals.changes_for(cap.id, cap, now, reset=True)
+        records += self.intervals.changes_for(cap.id, cap, now)
         return self.ledger.commit(records)
 
     def delete_cap(self, cap_id: str) -> "Deferred[None]":

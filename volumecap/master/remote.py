@@ -111,6 +111,7 @@ class RemoteHandler(Service):
         self.messaging = messaging
         self.clock = clock
         self.dc = ledger.state.dc
+        self.dcs = sorted(set(dcs) | {self.dc})
         self.others = sorted(set(dcs) - {self.dc})
         self.topup_units = topup_units
         self.state_interval = state_interval
@@ -120,6 +121,8 @@ class RemoteHandler(Service):
         self.views: dict[tuple[str, str, int], View] = {}
         self._published: dict[tuple[str, int], tuple[int, int, int, int]] = {}
         self._sent: dict[str, float] = {}
+        self._covered: dict[tuple[str, str, int], int] = {}
+        self._mismatch_logged: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
         self._waiters: dict[str, list[Deferred[None]]] = {}
         self._seq = 0
@@ -165,7 +168,7 @@ class RemoteHandler(Service):
         """
         if not self.messaging.connected:
             return succeed(None)
-        data = encode(message_type, self.dc, self._next_seq(), body)
+        data = encode(message_type, self.dc, self._next_seq(), body, self.dcs)
         published = self.messaging.publish(routing_key, data)
         return published.addErrback(self._publish_failed, message_type, routing_key)
 
@@ -286,6 +289,8 @@ class RemoteHandler(Service):
         message = decode(delivery.body)
         if message.sender == self.dc:
             return None
+        if message.dcs != self.dcs:
+            self._mismatch(message)
         if message.sender not in self.others:
             raise MalformedMessage(f"message from unknown data center {message.sender!r}")
         if message.type == "caps":
@@ -293,10 +298,33 @@ class RemoteHandler(Service):
         if message.type == "intervals":
             for item in message.body["intervals"]:
                 self._update_view(message.sender, message.seq, item)
+            self.cover_deficits()
             return None
         if message.type == "topup.request":
             return self._give(message)
         return self._received(message)
+
+    def _mismatch(self, message: Message) -> None:
+        """
+        Reject a message from a master configured with other data centers,
+        because its shares do not add up with this one's.
+
+        @raise MalformedMessage: always.
+        """
+        now = self.clock.seconds()
+        if now - self._mismatch_logged.get(message.sender, -3600.0) >= 60.0:
+            self._mismatch_logged[message.sender] = now
+            self.log.error(
+                "Data center {sender} shares caps with {theirs}, but {dc} with {ours}; "
+                "start every master with the same --dcs",
+                sender=message.sender,
+                theirs=",".join(message.dcs),
+                dc=self.dc,
+                ours=",".join(self.dcs),
+            )
+        raise MalformedMessage(
+            f"data center {message.sender!r} shares caps with {','.join(message.dcs)}, not {','.join(self.dcs)}"
+        )
 
     def _units(self, text: str) -> int:
         negative = text.startswith("-")
@@ -474,18 +502,9 @@ class RemoteHandler(Service):
 
         pending = self.state.remote_requests.get(request)
         if pending is None:
-            return None
+            return self._receive_cover(message)
 
         amount = self._units(body["amount"])
-        if pending["version"] != self.state.version(pending["cap"]):
-            self.log.warn(
-                "Dropping {amount} from {dc} for {interval}: the cap changed since request {request}",
-                amount=body["amount"],
-                dc=message.sender,
-                interval=interval_name(body["cap"], body["start"]),
-                request=request,
-            )
-            amount = 0
 
         record = {"type": "remote.received", "request": request, "cap": body["cap"], "start": body["start"], "amount": amount}
         self.log.info(
@@ -500,6 +519,65 @@ class RemoteHandler(Service):
         committed = self.ledger.commit([record])
         return committed.addCallback(lambda _: self._wake(request))
 
+    def _receive_cover(self, message: Message) -> "Deferred[Any] | None":
+        """
+        Apply capacity another data center moved here unasked to cover a
+        deficit, once per id.
+        """
+        body = message.body
+        interval = self.state.interval(body["cap"], body["start"])
+        if not body["request"].startswith("cover-") or interval is None or body["request"] in interval.requests:
+            return None
+        amount = self._units(body["amount"])
+        self.log.info(
+            "Received {amount} of {interval} from data center {dc} to cover a deficit",
+            amount=body["amount"],
+            interval=interval_name(body["cap"], body["start"]),
+            dc=message.sender,
+        )
+        record = {"type": "remote.received", "request": body["request"], "cap": body["cap"], "start": body["start"], "amount": amount}
+        return self.ledger.commit([record])
+
+    def cover_deficits(self) -> None:
+        """
+        Move capacity to data centers whose share fell below what they have
+        consumed, after a total was lowered.
+
+        Consumption already made stands, so such a data center serves
+        nothing more, and the rest of the interval's total is no longer
+        enough for the others' shares.  This data center gives up to its
+        available to cover the deficit, once per figure received.
+
+        NOTE: until the deficit's figures arrive (about one publication
+        period), this data center's servers may still consume from what they
+        hold, so the interval can end above its lowered total by that much.
+        """
+        for key, view in list(self.views.items()):
+            dc, cap_id, start = key
+            deficit = view.consumed - view.total
+            interval = self.state.interval(cap_id, start)
+            if deficit <= 0 or self._covered.get(key) == view.seq or interval is None or interval.expired:
+                continue
+            amount = min(deficit, interval.available)
+            if amount <= 0:
+                continue
+            self._covered[key] = view.seq
+            request = f"cover-{uuid.uuid4().hex}"
+            record = {"type": "remote.give", "request": request, "dc": dc, "cap": cap_id, "start": start, "amount": amount}
+            self.log.info(
+                "Giving {amount} of {interval} to data center {dc} to cover its deficit",
+                amount=format_units(amount, self.scale),
+                interval=interval_name(cap_id, start),
+                dc=dc,
+            )
+            body = {"request": request, "cap": cap_id, "start": start, "amount": format_units(amount, self.scale)}
+            grant = {**body, "version": self.state.version(cap_id)}
+            self.ledger.commit([record]).addCallback(self._publish_grant, dc, grant, interval)
+
+    def _publish_grant(self, result: object, dc: str, body: dict[str, Any], interval: Interval) -> None:
+        body["available"] = format_units(interval.available, self.scale)
+        self.publish(f"dc.{dc}.topup", "topup.grant", body)
+
     def _wake(self, request: str) -> None:
         for waiter in self._waiters.pop(request, []):
             if not waiter.called:
@@ -511,7 +589,7 @@ class RemoteHandler(Service):
         body = message.body
         interval = self.state.interval(body["cap"], body["start"])
         request = body["request"]
-        if interval is None or interval.expired or body["version"] != self.state.version(body["cap"]):
+        if interval is None or interval.expired:
             return self._answer(message, 0, interval)
         if request in interval.requests:
             return self._answer(message, interval.requests[request], interval)

@@ -14,9 +14,7 @@ Record types:
    wins between data centers, and a deleted cap leaves a tombstone with its
    version so an older definition arriving late cannot bring it back.
  - C{interval.create} and C{interval.update} C{{cap, start, end, total}}: the
-   update moves C{available} by the change of C{total}.  With C{reset}, it
-   also forgets the moves between data centers, because a new cap version
-   splits the total afresh.
+   update moves C{available} by the change of C{total}.
  - C{remote.request} C{{request, dc, cap, start, amount, version}}: this
    data center asked data center C{dc} for more of an interval.
  - C{remote.received} C{{request, cap, start, amount}}: the grant for a
@@ -75,7 +73,7 @@ class Interval:
 
     @ivar total: this data center's share of the interval total, in units.
     @ivar moved: units received from other data centers minus units given
-        to them since the cap's version last changed.
+        to them.
     @ivar available: units not handed out to any server.  It is negative
         after a lowered total until recalls bring it back.
     @ivar requests: the amount applied for each grant or return request id,
@@ -181,8 +179,6 @@ class MasterState:
         interval.available += record["total"] - interval.total
         interval.total = record["total"]
         interval.end = record["end"]
-        if record.get("reset"):
-            interval.moved = 0
         # An update can revive an expired interval when a cap's end moves later.
         interval.expired = False
 
