@@ -102,16 +102,23 @@ echo "west knows it too:"
 echo
 echo "Consuming 700 at east, more than its share of 500"
 "$venv/bin/python" - <<'PYTHON'
+import sys
+import time
+
 from volumecap.client import BlockingClient
 from volumecap.errors import UnavailableError
 
 served = 0
+deadline = time.monotonic() + 60
 with BlockingClient("tcp:127.0.0.1:7400") as client:
     while served < 700:
         try:
             client.consume("campaign-shared", 10)
-        except UnavailableError:
-            continue  # a top-up from west took longer than the server waits
+        except UnavailableError as error:
+            # A top-up from west took longer than the server waits.
+            if time.monotonic() > deadline:
+                sys.exit(f"gave up after 60 s with {served} served: {error}; see run/dcs/*.log")
+            continue
         served += 10
 print(f"served {served} at east")
 PYTHON

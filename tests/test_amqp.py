@@ -251,7 +251,7 @@ def test_spec_missing(tmp_path: Any) -> None:
         AMQPMessaging(the_reactor(), URL, "a", spec_path=path)
     assert path in str(raised.value)
     assert "amqp-specs" in str(raised.value)
-    assert "spec_path" in str(raised.value)
+    assert "--amqp-spec" in str(raised.value)
 
 
 @pytest.mark.parametrize("dc, exchange", [("a.b", "volumecap"), ("#", "volumecap"), ("a", "x y"), ("a", "")])

@@ -104,6 +104,10 @@ def test_amqp_url_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VOLUMECAP_AMQP_PASSWORD", raising=False)
     assert "invalid --amqp" in master_error("--dc", "a", "--dcs", "a,b", "--amqp", "http://example")
     assert "VOLUMECAP_AMQP_PASSWORD" in master_error("--dc", "a", "--dcs", "a,b", "--amqp", "amqp://guest@127.0.0.1/")
+    missing = master_error(
+        "--dc", "a", "--dcs", "a,b", "--amqp", "amqp://guest:guest@127.0.0.1/", "--amqp-spec", "/nonexistent.xml"
+    )
+    assert "--amqp-spec /nonexistent.xml: file not found" in missing
 
 
 def test_server_name_from_port() -> None:

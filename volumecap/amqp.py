@@ -338,7 +338,8 @@ class AMQPMessaging(Service):
         if not os.path.isfile(spec_path):
             raise FileNotFoundError(
                 f"AMQP 0-9-1 spec file {spec_path} not found: install Debian's amqp-specs package"
-                " (apt-get install amqp-specs) or set spec_path to a copy of amqp0-9-1.stripped.extended.xml"
+                " (apt-get install amqp-specs) or name a copy of amqp0-9-1.stripped.extended.xml"
+                " with the master's --amqp-spec option"
             )
         spec = load_spec(spec_path)
         if "confirm" not in spec.classes.byname:
@@ -363,7 +364,9 @@ class AMQPMessaging(Service):
         self._listeners: list[Callable[[], None]] = []
         self._failed_setups = 0
 
-        policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=60.0)
+        # At most 5 s between attempts, so a master is back on the broker
+        # within seconds of the broker's return, however long it was away.
+        policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=5.0)
         self._client_service = ClientService(
             HostnameEndpoint(reactor, host, port, timeout=10),
             _ClientFactory(self, spec),
@@ -526,8 +529,14 @@ class AMQPMessaging(Service):
         self._failed_setups += 1
         self.log.error(
             "Setting up the connection to RabbitMQ at {broker} for data center {dc} on exchange {exchange}"
-            " failed while {step}: {error}; reconnecting",
+            " failed while {step}: {error}; reconnecting{hint}",
             step=client.step,
+            hint=(
+                ". RabbitMQ closes the connection without a reason when it rejects a login,"
+                " so check the user name and password"
+                if client.step.startswith("logging in")
+                else ""
+            ),
             error=_describe(client.lost_reason or failure),
             **self._ids,
         )

@@ -62,7 +62,8 @@ def option_parameters(settings: Sequence[Setting]) -> list[list[Any]]:
     """
     rows: list[list[Any]] = [["config", "c", None, "Configuration file (TOML) to read first."]]
     for setting in settings:
-        rows.append([setting.option, None, None, f"{setting.help} [default: {setting.default}]"])
+        shown = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
+        rows.append([setting.option, None, None, f"{setting.help} [default: {shown or 'none'}]"])
     return rows
 
 

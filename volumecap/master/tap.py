@@ -98,7 +98,13 @@ class Options(usage.Options):
             try:
                 parse_amqp_url(self.settings["amqp"], os.environ)
             except ValueError as error:
-                raise usage.UsageError(f"invalid --amqp: {error}")
+                raise usage.UsageError(f"invalid --amqp: {error}") from None
+            spec = self.settings["amqp_spec"]
+            if not os.path.isfile(spec):
+                raise usage.UsageError(
+                    f"--amqp-spec {spec}: file not found; install Debian's amqp-specs package "
+                    f"(apt-get install amqp-specs) or name a copy of amqp0-9-1.stripped.extended.xml"
+                )
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -168,7 +174,7 @@ def _remote(
             spec_path=settings["amqp_spec"],
         )
     except (OSError, ValueError) as error:
-        raise usage.UsageError(str(error))
+        raise usage.UsageError(str(error)) from None
     remote = RemoteHandler(ledger, meta, messaging, reactor, settings["dcs"], local.topup_units)
     local.remote = remote
     return remote, messaging
