@@ -78,7 +78,7 @@ def three(tmp_path: Any) -> Iterator[World]:
 
 def test_shares_and_topups(two: World) -> None:
     """
-    A total of 1000 over two data centers is 500 each; a server's top-up is
+    A total of 1000 over two data centers is 500 each.  A server's top-up is
     50 and its threshold 5, so its holding goes 50, 5, 55 and its master's
     available 500, 450, 400.
     """
@@ -109,7 +109,8 @@ def test_shares_split_exactly(three: World) -> None:
 def test_demand_at_one_data_center(two: World) -> None:
     """
     With demand only at A and no server at B, A serves exactly the whole
-    1000 by drawing B's share, then answers capped; the shares add up.
+    1000 by drawing B's share, then raises CappedError.  The shares still
+    add up to the total.
     """
     two.masters["a"].set_cap(id="c", total=1000)
     two.settle()
@@ -301,8 +302,8 @@ def test_three_data_centers_random_demand(three: World) -> None:
 
 def test_request_to_silent_data_center_abandoned(three: World) -> None:
     """
-    A request to a data center that never answers is abandoned after three
-    attempts, and the next request goes to one that answers.
+    A request to a data center that never responds is abandoned after three
+    attempts, and the next request goes to one that responds.
     """
     a = three.masters["a"]
     a.set_cap(id="c", total=900)

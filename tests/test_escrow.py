@@ -138,7 +138,7 @@ def test_unknown_cap_no_round_trip(master: MasterRig) -> None:
 
 def test_not_joined_is_unavailable(master: MasterRig) -> None:
     """
-    A server that has not joined a master answers unavailable.
+    A server that has not joined a master raises UnavailableError.
     """
     master.set_cap(id="c", total=1000)
     factory, master.factory = master.factory, None
@@ -165,8 +165,8 @@ def test_master_keeps_current_and_next(master: MasterRig) -> None:
 def test_switch_at_boundary_without_round_trip(master: MasterRig) -> None:
     """
     A server with demand fetches a slice of the next interval before the
-    boundary and serves it after the boundary with no command to the master;
-    the expired interval is not served.
+    boundary and serves it after the boundary with no command to the master.
+    The expired interval is not served.
     """
     master.set_cap(id="c", total=1000)
     server = ServerRig("s1", master, prefetch=60.0)
@@ -187,7 +187,7 @@ def test_switch_at_boundary_without_round_trip(master: MasterRig) -> None:
 
 def test_expired_interval_not_served(master: MasterRig) -> None:
     """
-    A cap whose single interval ended answers not found.
+    A cap whose single interval ended raises UnknownCapError.
     """
     master.set_cap(id="c", interval="single", start="2027-03-14T00:00:00Z", end="2027-03-14T13:00:00Z", total=10)
     server = ServerRig("s1", master)
@@ -213,7 +213,7 @@ def test_raise_total(master: MasterRig) -> None:
 def test_lower_total_recalls_excess(master: MasterRig) -> None:
     """
     Lowering a total below what was handed out recalls the excess from the
-    servers' unconsumed holdings; consumption already made stands.
+    servers' unconsumed holdings, and consumption already made remains.
     """
     master.set_cap(id="c", total=1000)
     server = ServerRig("s1", master)
@@ -298,8 +298,8 @@ def test_start_moved_within_day(master: MasterRig) -> None:
 
 def test_delete_cap(master: MasterRig) -> None:
     """
-    Deleting a cap deletes its intervals; servers drop them, and a top-up
-    for the deleted interval gets an error reply on a connection that
+    Deleting a cap deletes its intervals and servers drop them.  A top-up
+    for the deleted interval gets an error response, and the connection
     stays up.
     """
     master.set_cap(id="c", total=1000)
@@ -381,9 +381,8 @@ def test_invalid_amount_changes_nothing(master: MasterRig, amount: object) -> No
 
 def test_consume_fast_path(master: MasterRig) -> None:
     """
-    Consume boxes answered by the application protocol's fast path reach an
-    AMP client as the command's response or its typed errors, the slow path
-    included.
+    The application protocol's fast path returns Consume responses and typed
+    errors to an AMP client, including consumes that wait for a top-up.
     """
     from twisted.protocols import amp
     from twisted.test import iosim
