@@ -41,7 +41,7 @@ from volumecap.capsfile import (
     write_summary,
 )
 from volumecap.cli import DEFAULT_MASTER, CommandFailed, Connection, parse_arguments, run
-from volumecap.errors import CappedError, InvalidAmountError, InvalidCapError, UnknownCapError
+from volumecap.errors import CappedError, InvalidAmountError, UnknownCapError
 from volumecap.intervals import build_cap, describe_cap, format_instant, parse_when, plan
 from volumecap.wire.admincommands import (
     CheckCap,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timedelta
-from typing import Any, Callable
+from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest

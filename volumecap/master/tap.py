@@ -123,7 +123,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     try:
         state = journal.open(settings["dc"], settings["scale"])
     except StoreMismatchError as error:
-        raise usage.UsageError(str(error))
+        raise usage.UsageError(str(error)) from None
     ledger = Ledger(state, journal, settings["scale"])
 
     intervals = IntervalHandler(ledger, reactor, dcs=settings["dcs"], retention=settings["retention"])

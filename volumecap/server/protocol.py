@@ -65,7 +65,7 @@ class ApplicationLocator(amp.CommandLocator):
         errors = [""] * len(caps)
         messages = [""] * len(caps)
         waiting: list[Deferred[Any]] = []
-        for index, (cap, amount) in enumerate(zip(caps, amounts)):
+        for index, (cap, amount) in enumerate(zip(caps, amounts, strict=True)):
             try:
                 outcome = self.server.consume(cap, parse_units(amount, scale))
             except VolumecapError as error:
