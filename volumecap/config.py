@@ -78,9 +78,9 @@ def load_file(path: str, settings: Sequence[Setting]) -> dict[str, Any]:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except OSError as error:
-        raise usage.UsageError(f"cannot read configuration file {path}: {error.strerror}")
+        raise usage.UsageError(f"cannot read configuration file {path}: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise usage.UsageError(f"invalid configuration file {path}: {error}")
+        raise usage.UsageError(f"invalid configuration file {path}: {error}") from None
     known = {setting.name: setting for setting in settings}
     problems = []
     values = {}
