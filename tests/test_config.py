@@ -108,6 +108,23 @@ def test_amqp_url_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         "--dc", "a", "--dcs", "a,b", "--amqp", "amqp://guest:guest@127.0.0.1/", "--amqp-spec", "/nonexistent.xml"
     )
     assert "--amqp-spec /nonexistent.xml: file not found" in missing
+    directory = master_error(
+        "--dc", "a", "--dcs", "a,b", "--amqp", "amqp://guest:guest@127.0.0.1/", "--amqp-spec", "/tmp"
+    )
+    assert "--amqp-spec /tmp: not a file" in directory
+
+
+def test_amqp_spec_not_xml(tmp_path: Path) -> None:
+    """
+    A specification file that is not a valid AMQP specification is rejected
+    at option time with a message naming it.
+    """
+    spec = tmp_path / "spec.xml"
+    spec.write_text("not xml", encoding="utf-8")
+    message = master_error(
+        "--dc", "a", "--dcs", "a,b", "--amqp", "amqp://guest:guest@127.0.0.1/", "--amqp-spec", str(spec)
+    )
+    assert f"--amqp-spec {spec}: not a valid AMQP specification" in message
 
 
 def test_server_name_from_port() -> None:

@@ -12,6 +12,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
+from txamqp.spec import load as load_spec  # type: ignore[import-untyped]
 
 from volumecap.amounts import MAX_SCALE
 from volumecap.config import Setting, merge, nonempty, option_parameters, percent, positive_number
@@ -80,6 +81,27 @@ SETTINGS = [
 ]
 
 
+def _check_spec(path: str) -> None:
+    """
+    Check that C{path} is an AMQP specification file txAMQP can read.
+
+    @raise usage.UsageError: it is missing, not a file, or not a valid
+        specification.
+    """
+    hint = (
+        "install Debian's amqp-specs package (apt-get install amqp-specs) or name "
+        "a copy of amqp0-9-1.stripped.extended.xml"
+    )
+    if not os.path.exists(path):
+        raise usage.UsageError(f"--amqp-spec {path}: file not found; {hint}")
+    if not os.path.isfile(path):
+        raise usage.UsageError(f"--amqp-spec {path}: not a file; {hint}")
+    try:
+        load_spec(path)
+    except Exception as error:
+        raise usage.UsageError(f"--amqp-spec {path}: not a valid AMQP specification ({error}); {hint}") from None
+
+
 class Options(usage.Options):
     """
     Options of C{twistd volumecap-master}; see C{conf/master.toml}.
@@ -99,12 +121,7 @@ class Options(usage.Options):
                 parse_amqp_url(self.settings["amqp"], os.environ)
             except ValueError as error:
                 raise usage.UsageError(f"invalid --amqp: {error}") from None
-            spec = self.settings["amqp_spec"]
-            if not os.path.isfile(spec):
-                raise usage.UsageError(
-                    f"--amqp-spec {spec}: file not found; install Debian's amqp-specs package "
-                    f"(apt-get install amqp-specs) or name a copy of amqp0-9-1.stripped.extended.xml"
-                )
+            _check_spec(self.settings["amqp_spec"])
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
