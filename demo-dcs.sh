@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start two volumecap data centers on 127.0.0.1 that share caps through the
-# local RabbitMQ (127.0.0.1:5672, user guest): data center "east" with its
-# master on port 7300 and a server on 7400, and "west" with its master on
-# 7310 and a server on 7410.  It defines a cap at east, shows it at west,
-# and consumes at east until east has drawn part of west's share.
+# local RabbitMQ (127.0.0.1:5672, user guest).  Data center "east" has its
+# master on port 7300 and a server on 7400, and "west" its master on 7310
+# and a server on 7410.  The script defines a cap at east, shows it at
+# west, and consumes at east until east has drawn part of west's share.
 # "bash demo-dcs.sh stop" stops the four processes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,22 +14,10 @@ east=tcp:127.0.0.1:7300
 west=tcp:127.0.0.1:7310
 spec=/usr/share/amqp/specs/0-9-1-rabbit/amqp0-9-1.stripped.extended.xml
 
-stop() {
-    for name in east-server west-server east west; do
-        if [[ -f "$run/$name.pid" ]]; then
-            pid=$(cat "$run/$name.pid")
-            echo "Stopping $name (pid $pid)"
-            kill "$pid" 2>/dev/null || true
-            for _ in $(seq 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-        fi
-    done
-}
+source scripts/demo-common.sh
 
 if [[ "${1:-start}" == "stop" ]]; then
-    stop
+    stop_processes east-server west-server east west
     exit 0
 fi
 
@@ -41,24 +29,8 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
     echo "RabbitMQ is not listening on 127.0.0.1:5672; start it with: rabbitmq-server -detached" >&2
     exit 1
 fi
-for port in 7300 7310 7400 7410; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "Port $port on 127.0.0.1 is in use; stop what listens there (or run 'bash demo-dcs.sh stop') and try again." >&2
-        exit 1
-    fi
-done
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    echo "Creating $venv"
-    python3 -m venv "$venv"
-fi
-mkdir -p "$run"
-echo "Installing volumecap into $venv (pip's output goes to $run/pip.log)"
-if ! { "$venv/bin/pip" install --upgrade pip && "$venv/bin/pip" install .; } >"$run/pip.log" 2>&1; then
-    cat "$run/pip.log" >&2
-    echo "Installing failed; pip's output is above." >&2
-    exit 1
-fi
+require_free_ports demo-dcs.sh 7300 7310 7400 7410
+install_volumecap
 
 # The password stays out of the URL and the process list.
 export VOLUMECAP_AMQP_PASSWORD=guest

@@ -9,44 +9,15 @@ cd "$(dirname "$0")"
 venv=.venv
 run=run
 master=tcp:127.0.0.1:7100
-
-stop() {
-    for name in server-2 server-1 master; do
-        if [[ -f "$run/$name.pid" ]]; then
-            pid=$(cat "$run/$name.pid")
-            echo "Stopping $name (pid $pid)"
-            kill "$pid" 2>/dev/null || true
-            for _ in $(seq 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-        fi
-    done
-}
+source scripts/demo-common.sh
 
 if [[ "${1:-start}" == "stop" ]]; then
-    stop
+    stop_processes server-2 server-1 master
     exit 0
 fi
 
-for port in 7100 7200 7201; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        echo "Port $port on 127.0.0.1 is in use; stop what listens there (or run 'bash demo.sh stop') and try again." >&2
-        exit 1
-    fi
-done
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    echo "Creating $venv"
-    python3 -m venv "$venv"
-fi
-mkdir -p "$run"
-echo "Installing volumecap into $venv (pip's output goes to $run/pip.log)"
-if ! { "$venv/bin/pip" install --upgrade pip && "$venv/bin/pip" install .; } >"$run/pip.log" 2>&1; then
-    cat "$run/pip.log" >&2
-    echo "Installing failed; pip's output is above." >&2
-    exit 1
-fi
+require_free_ports demo.sh 7100 7200 7201
+install_volumecap
 
 echo "Starting the master"
 "$venv/bin/twistd" --pidfile "$run/master.pid" --logfile "$run/master.log" \

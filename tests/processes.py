@@ -524,18 +524,24 @@ class Cluster:
                     process.kill()
 
 
-def consume_until_capped(client: BlockingClient, cap_id: str) -> int:
+def consume_until_capped(client: BlockingClient, cap_id: str, timeout: float = 60.0) -> int:
     """
-    Consume 1 of C{cap_id} until the server raises L{CappedError}, and
-    return the number of consumes that succeeded.
+    Consume 1 of C{cap_id} until the server raises L{CappedError}, retrying
+    on L{UnavailableError}, and return the number of consumes that
+    succeeded.
+
+    @raise AssertionError: C{timeout} seconds passed first.
     """
+    deadline = time.monotonic() + timeout
     successes = 0
-    while True:
+    while time.monotonic() < deadline:
         try:
             client.consume(cap_id, 1)
         except CappedError:
             return successes
         except UnavailableError:
-            # A top-up took longer than the server waits; try again.
+            # A top-up took longer than the server waits, for example while
+            # the master asked another data center, so ask again.
             continue
         successes += 1
+    raise AssertionError(f"timed out after {timeout} s without CappedError, after {successes} successful consumes")

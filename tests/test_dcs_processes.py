@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.broker import PASSWORD, URL, publish, queue_counts, rabbitmqctl, remove_topology
-from tests.processes import Cluster, Process, admin, cap_known, set_cap, wait_until
+from tests.processes import Cluster, Process, admin, cap_known, consume_until_capped, set_cap, wait_until
 from volumecap.amqp import PASSWORD_VARIABLE
 from volumecap.client import BlockingClient
 from volumecap.errors import CappedError, UnavailableError, UnknownCapError
@@ -49,8 +49,7 @@ PROPAGATION_TIMEOUT = 5.0
 
 # Seconds after the broker's application starts again within which a change
 # made during the outage must reach the other data center.  Most of it goes
-# to the masters' reconnection backoff: 1 s, times 1.5 per failed attempt,
-# plus up to 1 s of jitter.
+# to the masters' reconnection backoff, which is at most 5 s between attempts.
 RETURN_TIMEOUT = 10.0
 
 # The fields of a cap definition in ShowCap and ListCaps responses.
@@ -236,29 +235,6 @@ def list_caps(port: int) -> list[dict[str, Any]]:
     response = admin(port, ListCaps, after="")
     assert not response["more"], "the test defines fewer caps than one ListCaps page"
     return [{name: cap.get(name) for name in DEFINITION_FIELDS} for cap in response["caps"]]
-
-
-def consume_until_capped(client: BlockingClient, cap_id: str, timeout: float) -> int:
-    """
-    Consume 1 of C{cap_id} until the server raises L{CappedError}, retrying
-    on L{UnavailableError}, and return the number of consumes that
-    succeeded.
-
-    @raise AssertionError: C{timeout} seconds passed first.
-    """
-    deadline = time.monotonic() + timeout
-    successes = 0
-    while time.monotonic() < deadline:
-        try:
-            client.consume(cap_id, 1)
-        except CappedError:
-            return successes
-        except UnavailableError:
-            # The master waited for another data center longer than the
-            # server waits for a top-up, so ask again.
-            continue
-        successes += 1
-    raise AssertionError(f"timed out after {timeout} s without CappedError, after {successes} successful consumes")
 
 
 class RandomConsumer(threading.Thread):

@@ -182,17 +182,25 @@ def test_random_fault_schedule(tmp_path: object, seed: int) -> None:
     run.check_conservation()
 
 
+def crashable(directory: object) -> tuple[MasterRig, ServerRig]:
+    """
+    Return a master whose journal writes wait for the test, with a cap of
+    1000 and one joined server.
+    """
+    clock = Clock()
+    clock.advance(1804982400 + 3600)
+    master = MasterRig(str(directory), clock, Network(), manual=True)
+    master.set_cap(id="c", total=1000)
+    return master, ServerRig("s1", master)
+
+
 def test_acknowledged_grant_survives_crash(tmp_path: object) -> None:
     """
     A grant the server received is still counted after a master crash that
     loses every write not yet committed.
     """
-    clock = Clock()
-    clock.advance(1804982400 + 3600)
-    network = Network()
-    master = MasterRig(str(tmp_path), clock, network, manual=True)
-    master.set_cap(id="c", total=1000)
-    rig = ServerRig("s1", master)
+    master, rig = crashable(tmp_path)
+    network = master.network
     assert rig.consume("c", UNIT) == 99 * UNIT
     granted_before = master.interval("c").holdings["s1"].granted
 
@@ -210,12 +218,8 @@ def test_unacknowledged_grant_retried_once(tmp_path: object) -> None:
     sent again under the same request id after the restart and granted
     once.
     """
-    clock = Clock()
-    clock.advance(1804982400 + 3600)
-    network = Network()
-    master = MasterRig(str(tmp_path), clock, network, manual=True)
-    master.set_cap(id="c", total=1000)
-    rig = ServerRig("s1", master)
+    master, rig = crashable(tmp_path)
+    network, clock = master.network, master.clock
     outcome = rig.server.consume("c", UNIT)
     network.flush()
     assert not outcome.called
