@@ -291,7 +291,7 @@ class ServerRig:
 
     def consume(self, cap_id: str, units: int) -> Any:
         """
-        Consume, moving the network and the journal until the answer is
+        Consume, moving the network and the journal until the outcome is
         known, and return it: the units left, or the exception raised.
         """
         try:

@@ -116,9 +116,11 @@ def admin(port: int, command: type[amp.Command], timeout: float = 5.0, **argumen
 
 def cap_window() -> tuple[str, str, str]:
     """
-    Return the start, end and time zone of the caps these tests define: from
-    a year ago to a year ahead, in a fixed-offset zone whose local time is
-    now between noon and 13:00, so that no run crosses a day's boundary.
+    Return the start, end and time zone of the caps these tests define.
+
+    Caps run from a year ago to a year ahead, in a fixed-offset zone whose
+    local time is now between noon and 13:00, so no run crosses a day's
+    boundary.
     """
     now = datetime.now(timezone.utc)
     offset = 12 - now.hour

@@ -46,6 +46,7 @@ def test_ten_servers_consume_exactly_total(master: MasterRig) -> None:
     """
     master.set_cap(id="c", total=1000)
     servers = [ServerRig(f"s{i}", master) for i in range(10)]
+
     chooser = random.Random(7)
     succeeded = 0
     retries = 0
@@ -67,6 +68,7 @@ def test_ten_servers_consume_exactly_total(master: MasterRig) -> None:
         if chooser.random() < 0.1:
             master.clock.advance(0.3)
             master.network.flush()
+
     assert succeeded == 1000
     for server in servers:
         assert isinstance(server.consume("c", UNIT), CappedError)

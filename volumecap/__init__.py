@@ -2,7 +2,7 @@
 volumecap: distributed volume caps served from in-memory escrow slices.
 
 A master per data center owns the undistributed part of every cap interval.
-Volumecap servers hold slices of it and answer applications' ``consume`` calls
+Volumecap servers hold slices of it and serve applications' ``consume`` calls
 locally; see L{volumecap.client} for the application side.
 """
 

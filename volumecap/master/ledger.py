@@ -2,8 +2,8 @@
 The ledger: the master's state and its journal, kept in step.
 
 Handlers never mutate L{MasterState} directly.  They build records and hand
-them to L{Ledger.commit}, which applies them in memory at once (so the next
-decision sees them) and appends them to the journal.  A handler answers a peer
+them to L{Ledger.commit}, which applies them in memory at once, so the next
+decision uses them, and appends them to the journal.  A handler responds to a peer
 only after the Deferred from C{commit} fires, so anything acknowledged is
 durable, and a crash before that loses only changes nobody was told about.
 """

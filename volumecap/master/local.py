@@ -347,16 +347,18 @@ class LocalHandler(Service):
         held = holding.granted if holding is not None else 0
         if request in interval.requests or units == 0:
             return self.ledger.synced().addCallback(lambda _: self._available(interval))
+
         if units > held:
             self.log.warn(
                 "Server {server} returned {amount} of {interval} but was "
-                "granted only {held}; accepting {held}",
+                "granted only {held}, so only {held} is accepted",
                 server=server,
                 amount=format_units(units, self.scale),
                 interval=interval_name(cap_id, start),
                 held=format_units(held, self.scale),
             )
             units = held
+
         record = {
             "type": "return",
             "cap": cap_id,

@@ -162,7 +162,7 @@ def decode(data: bytes) -> Message:
     Parse and check a message.
 
     @raise MalformedMessage: not JSON, another version, an unknown type, or a
-        missing, extra or mistyped field; the message says which.
+        missing, extra or mistyped field.  The message names which.
     """
     try:
         envelope = json.loads(data.decode("utf-8"))

@@ -17,7 +17,7 @@ from volumecap.master.local import LocalHandler, ServerSession
 
 class ChainedLocator(amp.CommandLocator):
     """
-    A locator that asks several locators in turn for a command's responder.
+    A locator that queries several locators in turn for a command's responder.
     """
 
     def __init__(self, locators: Sequence[amp.CommandLocator]) -> None:

@@ -543,7 +543,7 @@ class RemoteHandler(Service):
         Move capacity to data centers whose share fell below what they have
         consumed, after a total was lowered.
 
-        Consumption already made stands, so such a data center serves
+        Consumption already made remains, so such a data center serves
         nothing more, and the rest of the interval's total is no longer
         enough for the others' shares.  This data center gives up to its
         available to cover the deficit, once per figure received.

@@ -129,9 +129,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     Build the master's service tree.
 
     Children start in this order and stop in reverse: the ledger (journal
-    writer), the meta, interval and local handlers, then the listener, so
-    nothing is accepted before the state is loaded and the journal is closed
-    only after the listener and handlers have stopped.
+    writer), the meta, interval and local handlers, the remote handler and
+    its broker connection when there are several data centers, then the
+    listener.  So nothing is accepted before the state is loaded, and the
+    journal is closed only after everything else has stopped.
     """
     if reactor is None:
         from twisted.internet import reactor

@@ -107,8 +107,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     listener = StreamServerEndpointService(serverFromString(reactor, settings["listen"]), ApplicationFactory(server))
     listener.setName("listener")
     listener.setServiceParent(top)
-    # The objects made at start-up live as long as the process; keeping them
+    # The objects made at start-up live as long as the process.  Keeping them
     # out of later garbage collections shortens the pauses that stall every
-    # consume (a full collection took tens of milliseconds in measurements).
+    # consume: a full collection took 28 to 44 ms in a process that had
+    # imported the server (see BENCHMARKS.md).
     reactor.callWhenRunning(gc.freeze)
     return top
